@@ -35,3 +35,15 @@ def official_files() -> Path:
     if path is None:
         pytest.skip("official Phi-3-Vision files not available: set PHI3V_OFFICIAL_DIR to a checkpoint directory")
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray cluster shared by the whole test session (4 logical CPUs on a 2-core machine)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False,
+                 runtime_env={"env_vars": {"WANDB_MODE": "offline", "DS_ACCELERATOR": "cpu",
+                                           "TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
