@@ -1,0 +1,152 @@
+"""Safe image decoding for preprocessing: every file either becomes an RGB PIL image or a reason why not.
+
+Catalog images come from scrapes and user uploads, so a single bad file must never stop a Ray Data job. Decoding
+checks the header before it touches pixels (missing file, unreadable header, pixel bomb, an aspect ratio the HD
+transform cannot represent), then loads and normalises the pixel mode. Colour handling follows the official Phi-3-V
+processor (`convert("RGB")`, which drops alpha without compositing) wherever that is well defined; where PIL's
+conversion would destroy the picture (16-bit and float greyscale clip to white), we rescale to 8 bits instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# 64 MP: far above any product photo (a 8000×8000 scan is 64 MP) and small enough that a decoded RGB copy (192 MB)
+# cannot exhaust a preprocessing actor's memory.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+# Reason codes written to the rejects output; stable strings so that counts can be grouped across runs.
+REASON_NO_PATH = "no_image_path"
+REASON_MISSING = "missing_file"
+REASON_EMPTY = "empty_file"
+REASON_UNREADABLE = "not_an_image"
+REASON_TRUNCATED = "truncated_or_corrupt"
+REASON_TOO_MANY_PIXELS = "too_many_pixels"
+REASON_ASPECT = "extreme_aspect_ratio"
+REASON_UNSUPPORTED_MODE = "unsupported_pixel_mode"
+REASON_DECODE_ERROR = "decode_error"
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Outcome of decoding one file: `image` (RGB) when it worked, otherwise a reason code and a readable detail."""
+
+    image: Image.Image | None
+    reason: str | None = None
+    detail: str = ""
+    original_mode: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when `image` holds a usable RGB picture."""
+        return self.image is not None
+
+
+def _reject(reason: str, detail: str, mode: str | None = None) -> DecodedImage:
+    return DecodedImage(image=None, reason=reason, detail=detail, original_mode=mode)
+
+
+def hd_resized_extent(width: int, height: int, num_crops: int, crop_size: int) -> tuple[int, int]:
+    """(long side, short side) in pixels after the official HD resize, before padding.
+
+    Same float arithmetic as the official processor; needed here to refuse images whose short side would resize
+    to zero pixels (a 1×6000 strip), which the official code would crash on.
+    """
+    long_side, short_side = max(width, height), min(width, height)
+    ratio = long_side / short_side
+    scale = 1
+    while scale * math.ceil(scale / ratio) <= num_crops:
+        scale += 1
+    scale -= 1
+    new_long = int(scale * crop_size)
+    return new_long, int(new_long / ratio)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; high-bit-depth greyscale is rescaled rather than clipped."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES or mode in {"I", "F"}:
+        values = np.asarray(image, dtype=np.float64)
+        if mode == "F":
+            # Float images carry no declared range: treat [0, 1] data as unit range, anything else as 8-bit.
+            scale = 255.0 if values.size and float(values.max()) <= 1.0 else 1.0
+        elif mode in _SIXTEEN_BIT_MODES or (values.size and float(values.max()) > 255):
+            scale = 255.0 / 65535.0
+        else:
+            scale = 1.0
+        grey = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    # P, PA, L, LA, 1, CMYK, YCbCr, LAB, HSV, RGBA, RGBX: PIL converts directly; alpha is dropped (official rule).
+    return image.convert("RGB")
+
+
+def decode_image(
+    path: str | os.PathLike[str] | None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    num_crops: int = 16,
+    crop_size: int = 336,
+) -> DecodedImage:
+    """Open, check and load one image file as RGB, or say why it cannot be used; never raises for bad files."""
+    if path is None or (isinstance(path, float) and math.isnan(path)) or str(path).strip() == "":
+        return _reject(REASON_NO_PATH, "the row has no local_image_path")
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as error:
+        return _reject(REASON_MISSING, f"{path}: {error.strerror or error}")
+    if size == 0:
+        return _reject(REASON_EMPTY, f"{path}: file is empty (0 bytes)")
+    mode: str | None = None
+    try:
+        with warnings.catch_warnings():
+            # PIL's own bomb check warns above its global limit; ours is explicit and per call.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                mode = image.mode
+                width, height = image.size
+                if width < 1 or height < 1:
+                    return _reject(
+                        REASON_UNREADABLE, f"{path}: header declares {width}×{height} pixels", mode
+                    )
+                if width * height > max_pixels:
+                    return _reject(
+                        REASON_TOO_MANY_PIXELS,
+                        f"{path}: {width}×{height} = {width * height} pixels, over the limit of {max_pixels}",
+                        mode,
+                    )
+                _, new_short = hd_resized_extent(width, height, num_crops, crop_size)
+                if new_short < 1:
+                    return _reject(
+                        REASON_ASPECT,
+                        f"{path}: {width}×{height} would resize to 0 pixels on its short side "
+                        f"(num_crops={num_crops}, crop_size={crop_size})",
+                        mode,
+                    )
+                image.seek(0)  # animated GIF/WebP/APNG: the first frame, as PIL's default load gives
+                image.load()
+                rgb = _to_rgb(image)
+                if rgb is image:
+                    rgb = image.copy()  # detach from the file handle closed by the context manager
+    except Image.DecompressionBombError as error:
+        return _reject(REASON_TOO_MANY_PIXELS, f"{path}: {error}", mode)
+    except UnidentifiedImageError:
+        return _reject(REASON_UNREADABLE, f"{path}: not a recognised image format ({size} bytes)", mode)
+    except (ValueError, NotImplementedError, KeyError) as error:
+        # PIL raises these for modes and codecs it opens but cannot convert (e.g. exotic TIFF layouts).
+        return _reject(REASON_UNSUPPORTED_MODE, f"{path}: mode {mode}: {error}", mode)
+    except (OSError, SyntaxError, EOFError, MemoryError) as error:
+        return _reject(REASON_TRUNCATED, f"{path}: {error}", mode)
+    except Exception as error:  # noqa: BLE001 - PIL plugins raise assorted types (struct.error, ...) on bad bytes
+        return _reject(REASON_DECODE_ERROR, f"{path}: {type(error).__name__}: {error}", mode)
+    return DecodedImage(image=rgb, original_mode=mode)
