@@ -1,0 +1,161 @@
+"""The catalog columns (the Burberry product-price schema) and row validation before anything is downloaded.
+
+Every stage (synth, fetch, split, prepare) reads and writes these columns with the real dataset's dtypes, so a
+synthetic catalog and `DBQ/Burberry.Product.prices.United.States` are interchangeable. Validation never drops a row:
+each input row comes back either in `ok` or in `rejects` with a `status` that names the column, what was found
+and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import pandas as pd
+import pyarrow as pa
+
+from phi3v_ray.errors import DataError
+
+# name -> arrow type name, in the real dataset's column order (see shared/reference/field-notes.md).
+BURBERRY_COLUMNS: dict[str, str] = {
+    "website_name": "string",
+    "competence_date": "string",
+    "country_code": "string",
+    "currency_code": "string",
+    "brand": "string",
+    "category1_code": "string",
+    "category2_code": "string",
+    "category3_code": "string",
+    "product_code": "int64",
+    "title": "string",
+    "itemurl": "string",
+    "imageurl": "string",
+    "full_price": "double",
+    "price": "double",
+    "full_price_eur": "double",
+    "price_eur": "double",
+    "flg_discount": "int64",
+}
+
+STATUS_OK = "ok"
+# Columns every stage adds after the 17 catalog columns.
+MANIFEST_EXTRA_COLUMNS: tuple[str, ...] = ("status", "local_image_path")
+
+_ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "double": pa.float64()}
+
+
+def burberry_arrow_schema() -> pa.Schema:
+    """The real dataset's parquet schema for the 17 catalog columns (strings, int64 codes, float64 prices)."""
+    return pa.schema([pa.field(name, _ARROW_TYPES[kind]) for name, kind in BURBERRY_COLUMNS.items()])
+
+
+def manifest_arrow_schema(extra_input_columns: Iterable[str] = ()) -> pa.Schema:
+    """The manifest schema: the 17 columns, any extra input columns (as strings), `status`, `local_image_path`."""
+    fields = list(burberry_arrow_schema())
+    fields += [pa.field(name, pa.string()) for name in extra_input_columns]
+    fields += [pa.field("status", pa.string()), pa.field("local_image_path", pa.string())]
+    return pa.schema(fields)
+
+
+def require_columns(df: pd.DataFrame, source: str) -> None:
+    """Fail with every missing column named at once, so the user fixes the file in one go."""
+    missing = [name for name in BURBERRY_COLUMNS if name not in df.columns]
+    if missing:
+        raise DataError(
+            f"{source}: missing column(s) {', '.join(missing)}; expected the 17 Burberry columns "
+            f"({', '.join(BURBERRY_COLUMNS)})"
+        )
+
+
+def _to_int(value: object) -> int | None:
+    """An integer product code from an int, an integral float or a digit string; None when it is none of these."""
+    if _is_null(value) or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    text = str(value).strip()
+    return int(text) if text.isdigit() else None
+
+
+def _to_float(value: object) -> float | None:
+    """A finite price, or None when the value is missing, text or NaN/inf."""
+    if _is_null(value) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _is_null(value: object) -> bool:
+    """True for None, pandas NA and float NaN (what parquet/CSV readers give for an empty cell)."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _is_blank(value: object) -> bool:
+    return _is_null(value) or str(value).strip() == ""
+
+
+def _row_problem(row: dict, seen_codes: dict[int, int], position: int) -> str | None:
+    """The first reason this row cannot be fetched/trained on, as `kind: detail`; None when the row is usable."""
+    url = row["imageurl"]
+    if _is_blank(url):
+        return "missing_url: imageurl is empty, expected an http(s) URL"
+    url_text = str(url).strip()
+    if not url_text.lower().startswith(("http://", "https://")) or len(url_text) < 12:
+        return f"bad_url: imageurl {url_text[:60]!r} is not an http(s) URL"
+    if _is_blank(row["title"]):
+        return "empty_title: title is empty, expected the product name"
+    if _to_float(row["full_price"]) is None:
+        return f"bad_price: full_price {str(row['full_price'])[:30]!r} is not a finite number"
+    code = _to_int(row["product_code"])
+    if code is None:
+        return f"bad_product_code: product_code {str(row['product_code'])[:30]!r} is not an integer"
+    if code in seen_codes:
+        return f"duplicate_product_code: product_code {code} already used by row {seen_codes[code]}"
+    seen_codes[code] = position
+    return None
+
+
+def _coerce(df: pd.DataFrame) -> pd.DataFrame:
+    """Cast the 17 columns to the schema dtypes; values that do not fit become null (their row is rejected)."""
+    out = pd.DataFrame(index=df.index)
+    for name, kind in BURBERRY_COLUMNS.items():
+        values = df[name].tolist()
+        if kind == "string":
+            out[name] = pd.array([None if _is_null(v) else str(v) for v in values], dtype="string")
+        elif kind == "int64":
+            out[name] = pd.array([_to_int(v) for v in values], dtype="Int64")
+        else:
+            out[name] = pd.array([_to_float(v) for v in values], dtype="Float64")
+    for name in df.columns:
+        if name not in BURBERRY_COLUMNS and name not in MANIFEST_EXTRA_COLUMNS:
+            out[name] = pd.array([None if _is_null(v) else str(v) for v in df[name].tolist()], dtype="string")
+    return out
+
+
+def validate_catalog(df: pd.DataFrame, source: str = "catalog") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a catalog into usable rows and rejected rows (each with a `status` reason); nothing is dropped.
+
+    Both frames keep the input's row order and index (the input row number), the 17 columns cast to the schema
+    dtypes, and any extra input columns as strings. Missing columns are a `DataError` naming all of them.
+    """
+    require_columns(df, source)
+    frame = _coerce(df.reset_index(drop=True))
+    raw = df.reset_index(drop=True)
+    seen_codes: dict[int, int] = {}
+    statuses = [
+        _row_problem(row, seen_codes, position) or STATUS_OK
+        for position, row in enumerate(raw[list(BURBERRY_COLUMNS)].to_dict("records"))
+    ]
+    frame["status"] = pd.array(statuses, dtype="string")
+    is_ok = frame["status"] == STATUS_OK
+    return frame[is_ok].copy(), frame[~is_ok].copy()
+
+
+def status_kind(status: str) -> str:
+    """The outcome group of a status (`ok`, `http_error`, `timeout`, ...), for summaries."""
+    return status.split(":", 1)[0]

@@ -1,0 +1,113 @@
+"""Stable product-level splits: train / val / test from a sha256 of a group key, never Python's hash().
+
+The split of a row depends only on its group key, so the same catalog splits identically on every machine and run,
+a group (by default: a title, which all colourways of one product share) never straddles two splits, and rows
+appended later never move the rows already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from phi3v_ray.data.catalog import SPLITS_FILE, read_manifest, resolve_image_paths, usable_rows
+from phi3v_ray.errors import DataError
+
+SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
+GROUP_KEYS: tuple[str, ...] = ("title", "product_code")
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """`"0.8,0.1,0.1"` -> (0.8, 0.1, 0.1); three non-negative numbers summing to 1."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        ratios = tuple(float(part) for part in parts)
+    except ValueError as error:
+        raise DataError(f"--ratios {text!r}: expected three numbers like 0.8,0.1,0.1") from error
+    return check_ratios(ratios, text)
+
+
+def check_ratios(ratios: Sequence[float], shown: str | None = None) -> tuple[float, float, float]:
+    """The ratios as a triple, or a DataError saying what was wrong with them."""
+    shown = shown or ",".join(str(r) for r in ratios)
+    if len(ratios) != 3 or any(not math.isfinite(r) or r < 0 for r in ratios):
+        raise DataError(f"--ratios {shown!r}: expected three non-negative numbers (train,val,test)")
+    if abs(sum(ratios) - 1.0) > 1e-6:
+        raise DataError(f"--ratios {shown!r}: sum to {sum(ratios):g}, expected 1")
+    return (float(ratios[0]), float(ratios[1]), float(ratios[2]))
+
+
+def group_fraction(key: str) -> float:
+    """A uniform number in [0, 1) fixed by the key's bytes alone (first 8 bytes of its sha256)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_of(key: str, ratios: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
+    """The split ("train", "val" or "test") of one group key."""
+    fraction = group_fraction(key)
+    if fraction < ratios[0]:
+        return "train"
+    return "val" if fraction < ratios[0] + ratios[1] else "test"
+
+
+def _group_key(value: object) -> str:
+    """Keys are compared as text with surrounding whitespace ignored, so CSV and parquet inputs agree."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def assign_splits(
+    rows: pd.DataFrame, by: str = "title", ratios: Sequence[float] = (0.8, 0.1, 0.1)
+) -> pd.DataFrame:
+    """The rows with a `split` column; every row of one group gets the same split."""
+    if by not in GROUP_KEYS:
+        raise DataError(f"--by {by!r}: expected one of {', '.join(GROUP_KEYS)}")
+    ratios = check_ratios(ratios)
+    out = rows.copy()
+    out["split"] = pd.array([split_of(_group_key(v), ratios) for v in out[by].tolist()], dtype="string")
+    return out
+
+
+def split_catalog(
+    catalog_dir: str | os.PathLike, by: str = "title", ratios: Sequence[float] = (0.8, 0.1, 0.1)
+) -> pd.DataFrame:
+    """Write `<dir>/splits.parquet`: the manifest's ok rows plus `split`; returns that table."""
+    rows = assign_splits(usable_rows(read_manifest(catalog_dir)), by=by, ratios=ratios)
+    path = Path(catalog_dir) / SPLITS_FILE
+    temporary = path.with_name(path.name + ".part")
+    rows.to_parquet(temporary, index=False)
+    os.replace(temporary, path)
+    return rows
+
+
+def load_split(catalog_dir: str | os.PathLike, split: str) -> pd.DataFrame:
+    """One split's rows from `<dir>/splits.parquet`, with `image_path` (absolute) added next to `local_image_path`."""
+    if split not in SPLIT_NAMES:
+        raise DataError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    path = Path(catalog_dir) / SPLITS_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `phi3v-ray data split {catalog_dir}` first")
+    rows = pd.read_parquet(path)
+    if "split" not in rows.columns:
+        raise DataError(f"{path}: no `split` column; expected the output of `phi3v-ray data split`")
+    chosen = rows[rows["split"] == split].reset_index(drop=True)
+    chosen["image_path"] = resolve_image_paths(catalog_dir, chosen["local_image_path"])
+    return chosen
+
+
+def split_report(rows: pd.DataFrame, category_column: str = "category3_code") -> list[str]:
+    """Per-split row and group counts and the category distribution, as printable lines."""
+    lines = [f"{'split':<6} {'rows':>6}  categories"]
+    for name in SPLIT_NAMES:
+        part = rows[rows["split"] == name]
+        counts = part[category_column].value_counts()
+        top = ", ".join(f"{category} {count}" for category, count in counts.items())
+        lines.append(f"{name:<6} {len(part):>6}  {top or '-'}")
+    return lines
