@@ -241,6 +241,11 @@ def test_empty_image_is_rejected(tiny):
         tiny.encode_product(Image.new("RGB", (0, 0)))
 
 
+def test_non_pil_image_is_rejected(tiny):
+    with pytest.raises(DataError, match=r"image: found ndarray, expected a PIL.Image.Image"):
+        tiny.encode_product(np.zeros((8, 8, 3), dtype=np.uint8))
+
+
 def test_image_too_elongated_to_keep_a_row_is_rejected():
     with pytest.raises(DataError, match=r"found 10000×1 px"):
         hd_canvas_size(1, 10000, num_crops=16)

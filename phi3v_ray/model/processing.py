@@ -92,6 +92,8 @@ def num_image_tokens(
 
 def hd_canvas(image: Image.Image, num_crops: int = 16, crop_size: int = 336) -> np.ndarray:
     """The resized, white-padded HD canvas as uint8 [3, H, W], pixel-identical to the official HD transform."""
+    if not isinstance(image, Image.Image):
+        raise DataError(f"image: found {type(image).__name__}, expected a PIL.Image.Image")
     width, height = image.size
     transposed, resized_w, resized_h, padded_h = _hd_resize_plan(width, height, num_crops, crop_size)
     # convert("RGB") discards alpha (no compositing), exactly as the official processor does.
