@@ -32,11 +32,17 @@ class ModelSection(Section):
     preset: Literal["tiny", "official"] | None = Field(
         "tiny", description="built-in architecture; ignored when `path` is set"
     )
-    path: str | None = Field(None, description="local directory or hub id of a checkpoint (official layout or ours)")
-    tokenizer: str | None = Field(None, description="tokenizer directory; default: the model's, or the tiny one")
+    path: str | None = Field(
+        None, description="local directory or hub id of a checkpoint (official layout or ours)"
+    )
+    tokenizer: str | None = Field(
+        None, description="tokenizer directory; default: the model's, or the tiny one"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    num_crops: int = Field(16, ge=1, le=64, description="HD crop budget per image (16 for Phi-3-V, 4 for Phi-3.5-V)")
+    num_crops: int = Field(
+        16, ge=1, le=64, description="HD crop budget per image (16 for Phi-3-V, 4 for Phi-3.5-V)"
+    )
     gradient_checkpointing: bool = False
 
 
@@ -103,6 +109,15 @@ class ScalingSection(Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the workers' bundles across nodes"
+    )
+
+    @model_validator(mode="after")
+    def _gpu_workers_reserve_a_gpu(self) -> ScalingSection:
+        if self.use_gpu and self.gpus_per_worker <= 0:
+            raise ValueError("gpus_per_worker must be greater than 0 when use_gpu is true")
+        return self
 
 
 class RunSection(Section):
@@ -116,10 +131,23 @@ class RunSection(Section):
     keep_best: int = Field(2, ge=1)
     storage_path: str = "runs"
     seed: int = 0
-    max_failures: int = Field(1, ge=0)
-    val_generate_samples: int = Field(4, ge=0, description="products shown with generated answers at validation")
+    max_failures: int = Field(1, ge=0, description="worker-group restarts from the latest checkpoint")
+    controller_failure_limit: int = Field(
+        -1,
+        ge=-1,
+        description="retries when workers cannot be scheduled; -1 waits forever (autoscaling), tests use 0",
+    )
+    report_every: int = Field(
+        1, ge=1, description="optimizer steps between metric reports to Ray (W&B logs every step)"
+    )
+    val_generate_samples: int = Field(
+        4, ge=0, description="products shown with generated answers at validation"
+    )
     fail_at_step: int | None = Field(
-        None, ge=1, description="TEST ONLY: raise in rank 0 once at this step to exercise resume"
+        None,
+        ge=1,
+        description="TEST ONLY: rank 0 raises at this optimizer step in a run's first attempt (one that started "
+        "without a checkpoint), so the retry from the latest checkpoint can be tested",
     )
 
     @field_validator("name")
@@ -136,7 +164,9 @@ class DataSection(Section):
     catalog_dir: str = "data/sample"
     split_by: Literal["product_code", "title"] = "title"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    prepared_dir: str | None = Field(None, description="cache of prepared splits; default <catalog_dir>/prepared")
+    prepared_dir: str | None = Field(
+        None, description="cache of prepared splits; default <catalog_dir>/prepared"
+    )
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
     length_grouping: bool = True
@@ -206,6 +236,20 @@ class ExperimentConfig(Section):
     evaluate: EvalSection = Field(default_factory=EvalSection)
     wandb: WandbSection = Field(default_factory=WandbSection)
 
+    @model_validator(mode="after")
+    def _cpu_runs_have_cpu_settings(self) -> ExperimentConfig:
+        # Checked here, not in the loop, so a GPU-only setting on a CPU run fails before Ray starts.
+        if not self.scaling.use_gpu:
+            if self.model.dtype == "float16":
+                raise ValueError(
+                    "model.dtype: float16 needs a GPU (use float32 or bfloat16 with use_gpu: false)"
+                )
+            if self.model.attention == "flash_attention_2":
+                raise ValueError(
+                    "model.attention: flash_attention_2 needs a GPU (use sdpa with use_gpu: false)"
+                )
+        return self
+
     def to_plain(self) -> dict[str, Any]:
         """A JSON-safe dict (for W&B run config and meta.json); holds no secrets by construction."""
         return self.model_dump(mode="json")
@@ -220,6 +264,10 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
             lines.append(f"{source}: {key}: unknown key (check the spelling; see README 'Config reference')")
             continue
         message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:
+            # Cross-section checks name their own dotted key at the start of the message.
+            lines.append(f"{source}: {message}")
+            continue
         got = item.get("input")
         suffix = "" if isinstance(got, dict) or "got" in message else f" (got {got!r})"
         lines.append(f"{source}: {key}: {message}{suffix}")
@@ -254,7 +302,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
     """Validate a plain dict into an ExperimentConfig, turning pydantic errors into one ConfigError."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections (model, lora, optim, ...), got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of sections (model, lora, optim, ...), got {type(raw).__name__}"
+        )
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as error:
@@ -271,3 +321,21 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
     except yaml.YAMLError as error:
         raise ConfigError(f"{file_path}: not valid YAML: {error}") from None
     return config_from_dict(apply_overrides(raw, overrides or []), source=str(file_path))
+
+
+def check_fits_cluster(config: ExperimentConfig, *, cpus: float, gpus: float) -> None:
+    """Fail before Ray Train starts when the workers cannot all be placed: Train would otherwise wait forever."""
+    scaling = config.scaling
+    need_cpus = scaling.num_workers * scaling.cpus_per_worker
+    if need_cpus > cpus + 1e-9:
+        raise ConfigError(
+            f"scaling.num_workers: {scaling.num_workers} workers x {scaling.cpus_per_worker} CPU need {need_cpus:g} "
+            f"CPUs but the cluster has {cpus:g} (lower num_workers or cpus_per_worker)"
+        )
+    if scaling.use_gpu:
+        need_gpus = scaling.num_workers * scaling.gpus_per_worker
+        if need_gpus > gpus + 1e-9:
+            raise ConfigError(
+                f"scaling.num_workers: {scaling.num_workers} workers x {scaling.gpus_per_worker} GPU need "
+                f"{need_gpus:g} GPUs but the cluster has {gpus:g} (lower num_workers or set use_gpu: false)"
+            )

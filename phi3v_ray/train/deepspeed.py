@@ -1,0 +1,63 @@
+"""DeepSpeed config from the typed experiment config.
+
+One function, so the ZeRO settings a run uses can be read (and tested) without starting DeepSpeed. The optimizer is
+declared here rather than built in the loop because DeepSpeed must own it to offload it to the CPU (it swaps in its
+CPU Adam) and to shard its state under ZeRO.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from phi3v_ray.config import ExperimentConfig
+
+
+def train_batch_size(config: ExperimentConfig, world_size: int) -> int:
+    """Samples per optimizer step across all workers: micro-batch x accumulation x workers."""
+    return config.optim.micro_batch * config.optim.grad_accum * world_size
+
+
+def build_deepspeed_config(config: ExperimentConfig, *, world_size: int, on_gpu: bool) -> dict[str, Any]:
+    """The dict handed to `deepspeed.initialize(config=...)` for this experiment and worker count."""
+    optim, ds = config.optim, config.deepspeed
+    zero: dict[str, Any] = {
+        "stage": ds.zero_stage,
+        "overlap_comm": on_gpu,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": ds.reduce_bucket_size,
+    }
+    if ds.zero_stage == 2:
+        zero["allgather_bucket_size"] = ds.allgather_bucket_size
+    else:
+        zero["stage3_prefetch_bucket_size"] = ds.allgather_bucket_size
+        # Full fine-tunes save one consolidated 16-bit model; gathering is needed for that (and cheap for LoRA).
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    # Offload settings live under zero_optimization; at the top level DeepSpeed ignores them.
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if ds.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+
+    return {
+        "train_micro_batch_size_per_gpu": optim.micro_batch,
+        "gradient_accumulation_steps": optim.grad_accum,
+        "train_batch_size": train_batch_size(config, world_size),
+        "gradient_clipping": optim.grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": optim.lr,
+                "betas": list(optim.betas),
+                "eps": optim.eps,
+                "weight_decay": optim.weight_decay,
+                # FusedAdam needs CUDA; on CPU the plain torch AdamW runs the same update.
+                "torch_adam": not on_gpu,
+            },
+        },
+        "bf16": {"enabled": config.model.dtype == "bfloat16"},
+        "fp16": {"enabled": config.model.dtype == "float16"},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,  # the loop reports its own metrics; keep DeepSpeed's log quiet
+        "wall_clock_breakdown": False,
+    }

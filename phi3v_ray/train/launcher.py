@@ -1,0 +1,114 @@
+"""Ray Train launcher: resources, failure policy and checkpoint retention come from the config, not the loop.
+
+`build_trainer` is what both `phi3v-ray train` and the Tune trainable call; a sweep passes its own Train callbacks
+(e.g. TuneReportCallback) and a run name equal to the trial id, and the loop never learns which of the two it is in.
+Re-running with the same run name and storage path resumes from that run's latest checkpoint (Train V2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from phi3v_ray.config import ExperimentConfig, check_fits_cluster
+from phi3v_ray.errors import ConfigError
+
+
+def local_capacity() -> tuple[float, float]:
+    """(CPUs, GPUs) this run can use: the connected Ray cluster's, or this machine's before Ray starts."""
+    import ray
+
+    if ray.is_initialized():
+        resources = ray.cluster_resources()
+        return float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - a broken CUDA install means no usable GPU for this check
+        gpus = 0
+    return float(os.cpu_count() or 1), float(gpus)
+
+
+def check_capacity(config: ExperimentConfig) -> None:
+    """Fail fast (ConfigError naming scaling.num_workers) when the workers cannot all be placed.
+
+    Skipped when the driver will connect to a remote cluster (RAY_ADDRESS set, Ray not yet started): its size is
+    only known after connecting, and the autoscaler may grow it.
+    """
+    import ray
+
+    if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
+        return
+    cpus, gpus = local_capacity()
+    check_fits_cluster(config, cpus=cpus, gpus=gpus)
+
+
+def storage_path(config: ExperimentConfig) -> str:
+    """Absolute storage path: Ray Train needs one, and relative paths are read from the caller's cwd."""
+    path = config.run.storage_path
+    if "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def build_trainer(
+    config: ExperimentConfig,
+    datasets: Mapping[str, Any],
+    callbacks: Sequence[Any] = (),
+    *,
+    run_name: str | None = None,
+    trial: str | None = None,
+) -> Any:
+    """A TorchTrainer for this experiment over prepared `{"train", "val"}` datasets; call `.fit()` to run it."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from phi3v_ray.train.loop import train_loop_per_worker
+
+    missing = {"train", "val"} - set(datasets)
+    if missing:
+        raise ConfigError(f"datasets: missing {sorted(missing)} (build them with phi3v_ray.data.pipeline)")
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    train_rows = None if config.run.max_steps else int(datasets["train"].count())
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"experiment": config.to_plain(), "trial": trial, "train_rows": train_rows},
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=scaling.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=run_name or config.run.name,
+            storage_path=storage_path(config),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.run.keep_best,
+                checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min",
+            ),
+            failure_config=FailureConfig(
+                max_failures=config.run.max_failures,
+                controller_failure_limit=config.run.controller_failure_limit,
+            ),
+            callbacks=list(callbacks),
+        ),
+        datasets=dict(datasets),
+        # Validation is sharded too: each worker scores its part and the loss is all-reduced.
+        dataset_config=DataConfig(datasets_to_split=["train", "val"]),
+    )
+
+
+def fit(config: ExperimentConfig) -> Any:
+    """Check capacity, build the prepared datasets, train; returns the ray.train.Result."""
+    check_capacity(config)
+    from phi3v_ray.data.pipeline import build_train_datasets
+
+    result = build_trainer(config, build_train_datasets(config)).fit()
+    return result

@@ -1,0 +1,455 @@
+"""`train_loop_per_worker`: the training recipe each Ray Train worker runs, top to bottom.
+
+build model -> choose what trains (LoRA / full) -> DeepSpeed engine -> resume if Ray hands us a checkpoint ->
+for each micro-batch: forward, backward, step -> at the cadence: log, validate, checkpoint, report to Ray.
+
+The loop does not know whether it runs alone or inside a Tune trial: everything it needs comes in `loop_config`
+from phi3v_ray.train.launcher. Ray has already set up torch.distributed (gloo on CPU, nccl on GPU), so DeepSpeed
+is initialised here directly (no ray.train.torch.prepare_model).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from phi3v_ray.config import ExperimentConfig
+from phi3v_ray.train import checkpoint as ckpt
+from phi3v_ray.train.deepspeed import build_deepspeed_config, train_batch_size
+from phi3v_ray.train.lora import apply_training_mode
+from phi3v_ray.train.schedule import scheduler_factory
+
+
+class PlannedFailure(RuntimeError):
+    """Raised by `run.fail_at_step` (test-only) to exercise retry-from-checkpoint."""
+
+
+@dataclass
+class RunState:
+    """Where training stands; saved in the engine checkpoint's client state."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    epoch_step: int = 0  # optimizer steps done inside `epoch`
+    resumed: bool = False
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Fine-tune on this worker's shard; every rank runs the same steps, reports and checkpoints (collectives)."""
+    import deepspeed
+    import ray.train
+
+    config = ExperimentConfig.model_validate(loop_config["experiment"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = _device(config, context.get_local_rank())
+    torch.manual_seed(config.run.seed)
+
+    # 1. Model, processor, and what trains.
+    model, processor = _build_model(config)
+    model = apply_training_mode(model, config.lora)
+    model.to(device)
+
+    # 2. DeepSpeed engine (optimizer + schedule owned by DeepSpeed so ZeRO can shard and offload them).
+    total_steps = _total_steps(config, loop_config.get("train_rows"), world)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=_parameter_groups(model, config.optim.weight_decay),
+        config=build_deepspeed_config(config, world_size=world, on_gpu=device.type == "cuda"),
+        lr_scheduler=scheduler_factory(config.optim, total_steps),
+    )
+
+    # 3. Resume: Ray gives the latest reported checkpoint after a worker failure or when the run name is reused.
+    state = RunState()
+    latest = ray.train.get_checkpoint()
+    if latest is not None:
+        with latest.as_directory() as directory:
+            state.step, state.epoch, state.epoch_step = ckpt.restore_engine(
+                engine, directory, lora=config.lora.mode == "lora"
+            )
+        state.resumed = True
+
+    # 4. Tracking on rank 0 only.
+    from phi3v_ray.tracking import start_tracking
+
+    run_name = loop_config["run_name"]
+    tracker = start_tracking(
+        config.wandb,
+        config.to_plain(),
+        rank=rank,
+        run_id=_wandb_id(run_name, loop_config.get("trial")),
+        run_name=run_name,
+        group=config.wandb.group or run_name,
+        directory=config.wandb.dir or f"{loop_config['storage_path']}/{run_name}",
+    )
+
+    # 5. The loop.
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    validation = _validate(engine, processor, val_shard, config, device, rank, world)
+    last_saved = state.step if state.resumed else -1
+    window = StepWindow()
+    while state.step < total_steps:
+        skip_micro = (
+            state.epoch_step * config.optim.grad_accum
+        )  # resumed mid-epoch: pass over what was trained
+        steps_before = state.step
+        for micro, batch in enumerate(_synced(_micro_batches(train_shard, processor, config), device)):
+            if micro < skip_micro:
+                continue
+            loss = engine(**_to_device(batch, device)).loss
+            engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.step()
+            window.add(loss.detach(), batch)
+            if not boundary:
+                continue
+            state.step, state.epoch_step = state.step + 1, state.epoch_step + 1
+
+            metrics = window.close(engine, device, state)
+            tracker.log(
+                {f"train/{key}": value for key, value in metrics.items()} | {"trainer/step": state.step},
+                step=state.step,
+            )
+            _maybe_fail(config, state, rank)
+
+            is_last = state.step >= total_steps
+            should_save = state.step % config.run.checkpoint_every == 0 or is_last
+            if state.step % config.run.eval_every == 0 or should_save:
+                validation = _validate(engine, processor, val_shard, config, device, rank, world)
+                tracker.log({"val/loss": validation.loss, "trainer/step": state.step}, step=state.step)
+                tracker.log_predictions(validation.predictions, step=state.step)
+            report = metrics | {"val_loss": validation.loss, "val_step": validation.step}
+            if should_save:
+                _save_and_report(engine, config, state, report, validation, rank, loop_config.get("trial"))
+                last_saved = state.step
+            elif state.step % config.run.report_every == 0:
+                ray.train.report(report)
+            window.restart_clock()  # throughput covers training only, not validation or checkpoint time
+            if is_last:
+                break
+        if state.step == steps_before:
+            raise RuntimeError(f"epoch {state.epoch} produced no optimizer step: the train shard is empty")
+        if state.step < total_steps:
+            state.epoch, state.epoch_step = state.epoch + 1, 0
+    if last_saved != state.step:  # resumed at the very end: keep the contract of a final checkpoint
+        _save_and_report(
+            engine, config, state, {"val_loss": validation.loss}, validation, rank, loop_config.get("trial")
+        )
+    tracker.finish()
+
+
+# ---- building ------------------------------------------------------------------------------------------------------
+
+
+def _device(config: ExperimentConfig, local_rank: int) -> torch.device:
+    if config.scaling.use_gpu:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _build_model(config: ExperimentConfig) -> tuple[torch.nn.Module, Any]:
+    """Base model (same bytes on every rank: presets are seeded) and the processor that matches it."""
+    from phi3v_ray.model.loading import load_model
+    from phi3v_ray.model.processing import Phi3VProcessor
+
+    section = config.model
+    model, tokenizer = load_model(
+        section.path or section.preset,
+        dtype=section.dtype,
+        attention=section.attention,
+        tokenizer=section.tokenizer,
+    )
+    model.config.use_cache = False
+    if section.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    processor = Phi3VProcessor.from_config(model.config, tokenizer)
+    model.train()
+    return model, processor
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters; biases, norms and separators get no weight decay (the usual AdamW practice)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name or name.endswith("_GN") else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def _total_steps(config: ExperimentConfig, train_rows: int | None, world: int) -> int:
+    """Optimizer steps in this run: run.max_steps, else epochs x (rows per worker // samples per worker step)."""
+    if config.run.max_steps:
+        return config.run.max_steps
+    if not train_rows:
+        raise RuntimeError("train_rows is needed when run.max_steps is not set (the launcher counts it)")
+    per_step = train_batch_size(config, world)
+    return config.run.epochs * max(1, train_rows // per_step)
+
+
+def _wandb_id(run_name: str, trial: str | None) -> str:
+    """Stable per run (so a retry or re-run appends to the same W&B run) and within W&B's id alphabet."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", trial or run_name)[:64]
+
+
+# ---- data ----------------------------------------------------------------------------------------------------------
+
+
+def _micro_batches(shard: Any, processor: Any, config: ExperimentConfig) -> Iterator[dict[str, torch.Tensor]]:
+    """Collated micro-batches from a Ray Data shard (one pass = one epoch of this worker's part)."""
+    from phi3v_ray.data.pipeline import iter_example_batches
+
+    for examples in iter_example_batches(
+        shard, batch_size=config.optim.micro_batch, length_grouping=config.data.length_grouping
+    ):
+        yield processor.collate(examples)
+
+
+def _synced(batches: Iterable[Any], device: torch.device) -> Iterator[Any]:
+    """Yield while every rank still has a batch: DeepSpeed steps and Ray reports must happen on all ranks together.
+
+    Shards hold equal row counts, but length grouping can cut them into different numbers of micro-batches; the
+    leftover batches on longer shards are drained (not trained) so Ray Data can start the next epoch on all ranks.
+    """
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        flag = torch.tensor([0 if batch is None else 1], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if int(flag.item()) == 0:
+            for _ in iterator:
+                pass
+            return
+        yield batch
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+# ---- metrics -------------------------------------------------------------------------------------------------------
+
+
+class StepWindow:
+    """Accumulates micro-batch losses and sizes between optimizer steps; `close` turns them into step metrics."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.loss_sum = 0.0
+        self.micro = 0
+        self.samples = 0
+        self.tokens = 0
+
+    def restart_clock(self) -> None:
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        self.loss_sum += float(loss)
+        self.micro += 1
+        self.samples += int(batch["input_ids"].shape[0])
+        self.tokens += int(batch["attention_mask"].sum())
+
+    def close(self, engine: Any, device: torch.device, state: RunState) -> dict[str, float]:
+        """Global (all-rank) step metrics; resets the window."""
+        totals = torch.tensor(
+            [self.loss_sum, self.micro, self.samples, self.tokens], dtype=torch.float64, device=device
+        )
+        dist.all_reduce(totals)
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        grad_norm = engine.get_global_grad_norm()
+        metrics = {
+            "step": float(state.step),
+            "epoch": float(state.epoch),
+            "loss": float(totals[0] / totals[1]),
+            "lr": float(engine.get_lr()[0]),
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "samples_per_s": float(totals[2]) / seconds,
+            "tokens_per_s": float(totals[3]) / seconds,
+            "peak_memory_mb": _peak_memory_mb(device),
+            "adam_step": float(_adam_step(engine)),
+        }
+        self.__init__()
+        return metrics
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory on GPU; peak resident set of this process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _adam_step(engine: Any) -> int:
+    """AdamW's own step counter (restored with the optimizer on resume, so it proves the state came back)."""
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for param_state in optimizer.state.values():
+        if "step" in param_state:
+            return int(param_state["step"])
+    return 0
+
+
+def _maybe_fail(config: ExperimentConfig, state: RunState, rank: int) -> None:
+    """TEST ONLY (run.fail_at_step): crash rank 0 once, in an attempt that did not start from a checkpoint."""
+    if config.run.fail_at_step == state.step and not state.resumed and rank == 0:
+        raise PlannedFailure(f"run.fail_at_step={state.step}: planted failure (test-only setting)")
+
+
+# ---- validation ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Validation:
+    """Token-weighted validation loss over all ranks, plus rank 0's sample predictions for the W&B table."""
+
+    step: int
+    loss: float
+    predictions: list[dict[str, Any]]
+    probe: dict[str, torch.Tensor] | None
+
+
+@torch.no_grad()
+def _validate(
+    engine: Any,
+    processor: Any,
+    shard: Any,
+    config: ExperimentConfig,
+    device: torch.device,
+    rank: int,
+    world: int,
+) -> Validation:
+    """Score the val shard, generate a few answers, and keep one example as the checkpoint's load probe."""
+    engine.eval()
+    loss_sum, token_count = 0.0, 0
+    first_examples: list[dict[str, Any]] = []
+    from phi3v_ray.data.pipeline import iter_example_batches
+
+    grouped = iter_example_batches(shard, batch_size=config.optim.micro_batch, length_grouping=False)
+    for examples in _synced(grouped, device):
+        if len(first_examples) < max(1, config.run.val_generate_samples):
+            first_examples.extend(examples[: max(1, config.run.val_generate_samples) - len(first_examples)])
+        batch = _to_device(processor.collate(examples), device)
+        output = engine(**batch)
+        tokens = int((batch["labels"][:, 1:] != -100).sum())
+        loss_sum += float(output.loss) * tokens
+        token_count += tokens
+    totals = torch.tensor([loss_sum, token_count], dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    predictions = _generate(engine, processor, first_examples, config, device, world)
+    probe = _probe(engine, processor, first_examples[:1], device) if first_examples else None
+    engine.train()
+    loss = float(totals[0] / totals[1]) if totals[1] > 0 else math.nan
+    return Validation(
+        step=int(engine.global_steps), loss=loss, predictions=predictions if rank == 0 else [], probe=probe
+    )
+
+
+def _generate(
+    engine: Any,
+    processor: Any,
+    examples: list[dict[str, Any]],
+    config: ExperimentConfig,
+    device: torch.device,
+    world: int,
+) -> list[dict[str, Any]]:
+    """Greedy answers for a few val products. Every rank generates (ZeRO-3 forwards are collective)."""
+    count = config.run.val_generate_samples
+    if count == 0 or not examples:
+        return []
+    examples = examples[:count]
+    prompts = [_prompt_only(example) for example in examples]
+    batch = _to_device(processor.collate(prompts, padding_side="left"), device)
+    batch.pop("labels", None)
+    generated = engine.module.generate(
+        **batch,
+        max_new_tokens=config.evaluate.max_new_tokens,
+        do_sample=False,
+        synced_gpus=config.deepspeed.zero_stage == 3 and world > 1,
+    )
+    new_tokens = generated[:, batch["input_ids"].shape[1] :]
+    rows = []
+    for example, tokens in zip(examples, new_tokens, strict=True):
+        labels = [int(t) for t in example["labels"] if int(t) != -100]
+        rows.append(
+            {
+                "product_code": example.get("product_code", ""),
+                "pixel_values": example["pixel_values"],
+                "image_size": example["image_size"],
+                "generated": processor.decode(tokens.tolist()),
+                "expected": processor.decode(labels),
+            }
+        )
+    return rows
+
+
+def _prompt_only(example: dict[str, Any]) -> dict[str, Any]:
+    """The example cut before its answer (labels mark the answer), for generation."""
+    ids, labels = example["input_ids"], example["labels"]
+    answer_positions = [i for i, label in enumerate(labels) if int(label) != -100]
+    end = answer_positions[0] if answer_positions else len(ids)
+    return {
+        "input_ids": ids[:end],
+        "labels": None,
+        "pixel_values": example["pixel_values"],
+        "image_size": example["image_size"],
+    }
+
+
+def _probe(
+    engine: Any, processor: Any, examples: list[dict[str, Any]], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Inputs and last-position logits of one val example, saved with checkpoints so loaders can verify them."""
+    batch = processor.collate(examples)
+    logits = engine(**_to_device(batch, device)).logits
+    return {
+        **{key: value.cpu() for key, value in batch.items() if key != "labels"},
+        "logits": logits[:, -ckpt.PROBE_POSITIONS :].float().cpu(),
+    }
+
+
+# ---- checkpointing -------------------------------------------------------------------------------------------------
+
+
+def _save_and_report(
+    engine: Any,
+    config: ExperimentConfig,
+    state: RunState,
+    metrics: dict[str, float],
+    validation: Validation,
+    rank: int,
+    trial: str | None,
+) -> None:
+    """Every rank writes its part into a local dir and reports it; Ray merges the parts into one checkpoint."""
+    import ray.train
+
+    local = tempfile.mkdtemp(prefix=f"phi3v-ckpt-{state.step}-r{rank}-")
+    try:
+        ckpt.save_checkpoint(
+            engine,
+            local,
+            config=config,
+            state={"step": state.step, "epoch": state.epoch, "epoch_step": state.epoch_step},
+            metrics=metrics,
+            trial=trial,
+            rank=rank,
+            probe=validation.probe if validation.step == state.step else None,
+        )
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(local),
+            checkpoint_dir_name=f"checkpoint_{state.step:06d}",
+        )
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
