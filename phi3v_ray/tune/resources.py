@@ -17,6 +17,8 @@ from phi3v_ray.errors import ConfigError
 
 # Fractional CPUs (0.25 per worker) add up with float error; treat 3.9999999 as 4.
 _EPSILON = 1e-9
+# Kept free of trials: Ray Data read/decode tasks feeding the workers need a CPU slot outside every placement group.
+DATA_RESERVE_CPUS = 1.0
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,22 @@ def max_concurrent_trials(
     cluster: Mapping[str, float],
     nodes: Sequence[Mapping[str, float]] = (),
     reserve_cpus: float = 0.0,
+    may_grow: bool = False,
 ) -> int:
-    """`tune.max_concurrent_trials` if set and it fits, else the cluster's capacity; more than fits is refused."""
+    """`tune.max_concurrent_trials` if set and it fits, else the cluster's capacity; more than fits is refused.
+
+    `may_grow` (a remote cluster with an autoscaler) trusts an explicit max_concurrent_trials and starts with one
+    trial when nothing fits yet, since nodes are added only once trials ask for them.
+    """
     need = trial_need(config)
-    capacity = concurrent_capacity(need, cluster, nodes, reserve_cpus)
     requested = config.tune.max_concurrent_trials
+    if may_grow:
+        try:
+            capacity = concurrent_capacity(need, cluster, (), reserve_cpus)
+        except ConfigError:
+            capacity = 0
+        return requested or max(1, capacity)
+    capacity = concurrent_capacity(need, cluster, nodes, reserve_cpus)
     if requested is None:
         return capacity
     if requested > capacity:

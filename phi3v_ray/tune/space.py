@@ -35,6 +35,15 @@ DERIVED_KIND = "ratio_of"
 SEARCH_ALGS = ("random", "grid", "optuna")
 # Joint random draws checked on top of each axis' extremes; catches cross-field rules (e.g. offload vs stage).
 JOINT_CHECKS = 32
+# Keys a sweep must hold fixed, and why (the message the user sees).
+UNSEARCHABLE = {
+    "tune": "these are the sweep's own settings",
+    "scaling": "every trial must reserve the same resources, or the concurrency cap would be wrong",
+    "run.name": "the sweep names each trial's run after its trial id",
+    "run.storage_path": "all trials of a sweep live under one sweep directory",
+    "wandb": "all trials of a sweep log to one W&B project and group",
+    "evaluate": "evaluation settings do not change training",
+}
 _EXPONENT_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
@@ -221,8 +230,9 @@ def _check_key_exists(key: str) -> None:
     """The dotted key must name a value field of ExperimentConfig (not a section, not the sweep's own settings)."""
     where = f"tune.search_space.{key}"
     parts = key.split(".")
-    if parts[0] == "tune":
-        raise ConfigError(f"{where}: the sweep's own settings (tune.*) cannot be searched")
+    for prefix, why in UNSEARCHABLE.items():
+        if key == prefix or key.startswith(prefix + "."):
+            raise ConfigError(f"{where}: {prefix} cannot be searched: {why}")
     model: type[BaseModel] = ExperimentConfig
     for depth, part in enumerate(parts):
         fields = model.model_fields

@@ -1,0 +1,326 @@
+"""Ray Tune sweep in which every trial is a full multi-worker TorchTrainer run (Train V2 pattern).
+
+Tune no longer accepts a V2 trainer directly, so each trial is a small *function trainable* (the trial driver): it
+resolves its sampled values into a full ExperimentConfig, builds one TorchTrainer with TuneReportCallback (rank 0's
+metrics reach Tune, ASHA sees val_loss), fits it and reports one closing result marking the trial finished. The
+driver reserves only `tune.trial_driver_cpus`; the workers reserve their own placement group, which is why
+concurrency is capped by phi3v_ray.tune.resources and not left to Tune.
+
+Layout: `<storage_path>/<tune.name>/` holds Tune's experiment state, one Train run per trial named after the trial
+id (so a restarted trial resumes from its own latest checkpoint), `wandb/` and `sweep_results.csv`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phi3v_ray.config import ExperimentConfig, config_from_dict
+from phi3v_ray.errors import ConfigError
+from phi3v_ray.tune import resources
+from phi3v_ray.tune.results import (
+    FINISHED_KEY,
+    RESULTS_FILE,
+    STEP_KEY,
+    VAL_STEP_KEY,
+    TrialRow,
+    format_table,
+    log_sweep_summary,
+    sort_rows,
+    trial_row,
+    write_results_csv,
+)
+from phi3v_ray.tune.space import SearchSpace, parse_search_space
+
+# Searching these changes the prepared examples, so those trials cannot share one prepared dataset.
+PREPARED_DATA_KEYS = ("data", "model.num_crops", "model.preset", "model.path", "model.tokenizer")
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep left behind: one row per trial, the CSV, the printed table, and how long it took."""
+
+    sweep_dir: Path
+    rows: list[TrialRow]
+    results_csv: Path
+    table: str
+    keys: list[str]
+    resumed: bool
+    concurrency: int
+    wall_s: float
+    summary_run_id: str | None = None
+
+
+def sweep_directory(config: ExperimentConfig) -> Path:
+    """`<storage_path>/<tune.name>`, absolute (Tune and Train both need absolute local paths)."""
+    from phi3v_ray.train.launcher import storage_path
+
+    return Path(storage_path(config)) / config.tune.name
+
+
+def wandb_group(config: ExperimentConfig) -> str:
+    """All trial runs and the summary share this W&B group: `wandb.group` if set, else the sweep's name."""
+    return config.wandb.group or config.tune.name
+
+
+def wandb_directory(config: ExperimentConfig) -> str:
+    """Where every trial's W&B files go: `wandb.dir` if set, else `<sweep dir>/wandb` (one place to read/sync)."""
+    return config.wandb.dir or str(sweep_directory(config) / "wandb")
+
+
+def shares_prepared_data(space: SearchSpace) -> bool:
+    """True unless the space searches a key that changes the prepared examples (then each trial prepares its own)."""
+    return not any(key == p or key.startswith(p + ".") for key in space.keys for p in PREPARED_DATA_KEYS)
+
+
+def trial_config(
+    base: ExperimentConfig, space: SearchSpace, sampled: Mapping[str, Any], trial_id: str
+) -> ExperimentConfig:
+    """The trial's full config: sampled + derived values, its run named after the trial, in the sweep's folders."""
+    resolved = space.resolve(base, sampled)
+    raw = resolved.to_plain()
+    raw["run"]["name"] = trial_id
+    raw["run"]["storage_path"] = str(sweep_directory(base))
+    raw["wandb"]["group"] = wandb_group(base)
+    raw["wandb"]["dir"] = wandb_directory(base)
+    return config_from_dict(raw, source=f"trial {trial_id}")
+
+
+def run_trial(
+    sampled: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    space: SearchSpace,
+    datasets: Mapping[str, Any] | None,
+) -> None:
+    """Tune function trainable: one TorchTrainer run for this trial's values, then a closing `finished` result."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from phi3v_ray.train.launcher import build_trainer
+
+    trial_id = tune.get_context().get_trial_id()
+    config = trial_config(config_from_dict(base), space, sampled, trial_id)
+    if datasets is None:
+        from phi3v_ray.data.pipeline import build_train_datasets
+
+        datasets = build_train_datasets(config)
+    trainer = build_trainer(
+        config, datasets, callbacks=[TuneReportCallback()], run_name=trial_id, trial=trial_id
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    tune.report(_closing_result(result, config))
+
+
+def _closing_result(result: Any, config: ExperimentConfig) -> dict[str, Any]:
+    """The marker result: FINISHED_KEY, plus the best metric so Tune's strict metric check and searchers accept it."""
+    metric = config.tune.metric
+    scores = [m[metric] for _, m in (result.best_checkpoints or []) if metric in m]
+    last = dict(result.metrics or {})
+    if scores:
+        best = min(scores) if config.tune.mode == "min" else max(scores)
+    else:
+        best = last.get(metric, math.nan)
+    closing: dict[str, Any] = {FINISHED_KEY: True, metric: float(best)}
+    # No VAL_STEP_KEY: ASHA skips results without its time attribute, so this one never counts as a rung.
+    if STEP_KEY in last:
+        closing[STEP_KEY] = last[STEP_KEY]
+    return closing
+
+
+def prepare_shared_datasets(config: ExperimentConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Compute the train/val examples once into the prepared cache; every trial then only reads that cache."""
+    from phi3v_ray.data.pipeline import build_train_datasets, write_prepared_split
+
+    for split in ("train", "val"):
+        entry, summary, reused = write_prepared_split(config, split, prompt_only=False)
+        echo(f"prepared {split}: {'reused' if reused else 'computed'} {entry.directory} ({summary})")
+    return build_train_datasets(config)
+
+
+def planned_steps(config: ExperimentConfig, train_rows: int | None) -> int | None:
+    """Optimizer steps one trial runs, by the training loop's own rule (max_steps, else whole steps per epoch)."""
+    from phi3v_ray.train.deepspeed import train_batch_size
+
+    if config.run.max_steps:
+        return config.run.max_steps
+    if not train_rows:
+        return None
+    return config.run.epochs * max(1, train_rows // train_batch_size(config, config.scaling.num_workers))
+
+
+def build_scheduler(config: ExperimentConfig, total_steps: int | None) -> Any:
+    """ASHA on the validation metric, or FIFO.
+
+    Time is `val_step`, the step of the latest validation, so a rung is judged on a fresh validation and
+    grace_period counts validations (grace_period × eval_every steps). max_t stays below the final step, so no
+    trial is stopped at its last validation (it would read as stopped early although it trained to the end);
+    stop_last_trials is off for the same reason.
+    """
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    tune_section = config.tune
+    if tune_section.scheduler == "fifo":
+        return FIFOScheduler()
+    grace_steps = tune_section.grace_period * config.run.eval_every
+    max_t = max(grace_steps, (total_steps - 1) if total_steps else 10**6)
+    return ASHAScheduler(
+        time_attr=VAL_STEP_KEY,
+        grace_period=grace_steps,
+        reduction_factor=tune_section.reduction_factor,
+        max_t=max_t,
+        stop_last_trials=False,
+    )
+
+
+def build_search_alg(config: ExperimentConfig) -> Any:
+    """Random and grid use Tune's variant generator (seeded by run.seed); optuna uses TPE, seeded the same way."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if config.tune.search_alg == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=config.run.seed)
+    return BasicVariantGenerator(random_state=config.run.seed)
+
+
+def run_sweep(
+    config: ExperimentConfig,
+    *,
+    datasets: Mapping[str, Any] | None = None,
+    resume: bool | None = None,
+    echo: Callable[[str], None] = print,
+) -> SweepOutcome:
+    """Validate, size, prepare data once, run (or resume) the sweep, then write results and the W&B summary.
+
+    `resume=None` resumes when the sweep directory holds an interrupted sweep and starts fresh otherwise;
+    `True` insists on resuming, `False` refuses to touch an existing sweep.
+    """
+    import ray
+    from ray import tune
+
+    space = parse_search_space(config)
+    sweep_dir = sweep_directory(config)
+    can_restore = tune.Tuner.can_restore(str(sweep_dir))
+    if resume is True and not can_restore:
+        raise ConfigError(f"tune.name: nothing to resume in {sweep_dir} (no Tune experiment state there)")
+    if resume is False and can_restore:
+        raise ConfigError(
+            f"tune.name: {sweep_dir} already holds a sweep; resume it (--resume) or pick another tune.name"
+        )
+    resuming = bool(can_restore and resume is not False)
+
+    if not ray.is_initialized():
+        ray.init()
+    cluster, nodes = resources.live_cluster()
+    need = resources.trial_need(config)
+    concurrency = resources.max_concurrent_trials(
+        config,
+        cluster,
+        nodes,
+        reserve_cpus=resources.DATA_RESERVE_CPUS,
+        may_grow=bool(os.environ.get("RAY_ADDRESS")),
+    )
+    shared = shares_prepared_data(space)
+    if datasets is None and shared:
+        datasets = prepare_shared_datasets(config, echo)
+    train_rows = int(datasets["train"].count()) if datasets is not None and not config.run.max_steps else None
+
+    total = space.grid_size() * config.tune.num_samples
+    echo(
+        f"sweep {config.tune.name}: {total} trial(s), {config.tune.search_alg} search over {space.keys}, "
+        f"scheduler {config.tune.scheduler}; {need.describe()}; up to {concurrency} at once"
+        + (" (resuming)" if resuming else "")
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial, base=config.to_plain(), space=space, datasets=datasets if shared else None
+        ),
+        resources.driver_resources(need),
+    )
+    started = time.perf_counter()
+    if resuming:
+        tuner = tune.Tuner.restore(
+            str(sweep_dir),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=True,
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.param_space(),
+            tune_config=tune.TuneConfig(
+                metric=config.tune.metric,
+                mode=config.tune.mode,
+                num_samples=config.tune.num_samples,
+                max_concurrent_trials=concurrency,
+                search_alg=build_search_alg(config),
+                scheduler=build_scheduler(config, planned_steps(config, train_rows)),
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=config.tune.name,
+                storage_path=str(sweep_dir.parent),
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    wall_s = time.perf_counter() - started
+    return finish_sweep(
+        config, space, grid, resumed=resuming, concurrency=concurrency, wall_s=wall_s, echo=echo
+    )
+
+
+def finish_sweep(
+    config: ExperimentConfig,
+    space: SearchSpace,
+    grid: Any,
+    *,
+    resumed: bool,
+    concurrency: int,
+    wall_s: float,
+    echo: Callable[[str], None] = print,
+) -> SweepOutcome:
+    """Turn Tune's ResultGrid into sweep_results.csv, a printed table and the W&B sweep summary run."""
+    metric, mode = config.tune.metric, config.tune.mode
+    rows = []
+    for result in grid:
+        sampled = {key: value for key, value in (result.config or {}).items() if key in space.keys}
+        rows.append(trial_row(result, space.full_sample(sampled), metric, mode))
+    rows = sort_rows(rows, mode)
+    sweep_dir = sweep_directory(config)
+    csv_path = write_results_csv(rows, sweep_dir / RESULTS_FILE, space.keys, metric)
+    table = format_table(rows, space.keys, metric)
+    echo(table)
+    echo(f"results: {csv_path}")
+    summary_id = log_sweep_summary(
+        rows,
+        space.keys,
+        metric,
+        mode,
+        wandb_section=config.wandb,
+        group=wandb_group(config),
+        directory=wandb_directory(config),
+        run_id=f"{config.tune.name}-summary",
+    )
+    return SweepOutcome(
+        sweep_dir=sweep_dir,
+        rows=rows,
+        results_csv=csv_path,
+        table=table,
+        keys=space.keys,
+        resumed=resumed,
+        concurrency=concurrency,
+        wall_s=wall_s,
+        summary_run_id=summary_id,
+    )
