@@ -1,0 +1,219 @@
+"""A real two-node Ray cluster on loopback (`ray start --head` + `ray start --address`) and `ray job submit` to it.
+
+This is the path users take on the cloud cluster (ray up → ray job submit), minus the cloud: two raylets with their
+own resources, one GCS, the dashboard's job API. Every port is picked free by the kernel and the cluster has its own
+temp dir, so it cannot collide with the session-wide local cluster of conftest.py or with other test runs.
+The cluster is stopped by terminating exactly the processes this fixture started (never `ray stop`, which would end
+every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+RAY_BIN = str(VENV_BIN / "ray")
+HEAD_MARKER = "phi3v_test_head"
+WORKER_MARKER = "phi3v_test_worker"
+START_TIMEOUT_S = 150
+
+
+@dataclass
+class TwoNodeCluster:
+    """Addresses of the running test cluster."""
+
+    gcs_address: str
+    dashboard_url: str
+    temp_dir: Path
+    env: dict[str, str]
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports the kernel says are free right now (held open together so they are distinct)."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _node_port_flags() -> list[str]:
+    """Per-node ports away from Ray's defaults (6379, 8265, 10001, 10002-19999...)."""
+    node_manager, object_manager, metrics, runtime_env, agent_grpc, agent_http = _free_ports(6)
+    worker_low = (
+        40_000 + (os.getpid() % 200) * 40
+    )  # a 40-port worker window per test process, outside 10002-19999
+    return [
+        f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--min-worker-port={worker_low}",
+        f"--max-worker-port={worker_low + 39}",
+    ]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Terminate one `ray start --block` and every process it spawned (raylet, GCS, dashboard, workers)."""
+    try:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=15)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _wait_for_nodes(cluster: TwoNodeCluster, expected: int) -> None:
+    """Poll the dashboard's state API until `expected` nodes are ALIVE (startup takes ~30 s on a busy 2-core box)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    alive = 0
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(
+                f"{cluster.dashboard_url}/api/v0/nodes?limit=100", timeout=10
+            ) as response:
+                nodes = json.load(response)["data"]["result"]["result"]
+            alive = sum(node.get("state") == "ALIVE" for node in nodes)
+            if alive >= expected:
+                return
+        except (OSError, ValueError, KeyError):
+            pass  # dashboard not up yet
+        time.sleep(1)
+    raise RuntimeError(f"test cluster reached {alive} of {expected} alive nodes in {START_TIMEOUT_S}s")
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster() -> Iterator[TwoNodeCluster]:
+    """A head (2 CPUs + head marker) and a worker node (1 CPU + worker marker), real processes on 127.0.0.1."""
+    # Short path: Ray's unix sockets live under the temp dir and must stay below the 107-byte socket path limit.
+    temp_dir = Path(tempfile.mkdtemp(prefix="p3vjobs-", dir="/tmp"))
+    gcs_port, dashboard_port, client_port = _free_ports(3)
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # job entrypoints run the venv's python
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        # Token auth protects real clusters; this one listens on this machine only and must not pick up (or write)
+        # a token shared with other local clusters.
+        "RAY_AUTH_MODE": "disabled",
+    }
+    env.pop("RAY_ADDRESS", None)
+    # No --node-ip-address: Ray maps 127.0.0.1 to this machine's own interface address anyway; traffic stays local.
+    common = ["--block", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    head = subprocess.Popen(
+        [
+            RAY_BIN,
+            "start",
+            "--head",
+            f"--port={gcs_port}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            f"--resources={json.dumps({HEAD_MARKER: 1})}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--ray-client-server-port={client_port}",
+            *common,
+            *_node_port_flags(),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    started = [head]
+    cluster = TwoNodeCluster(
+        gcs_address=f"127.0.0.1:{gcs_port}",
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+        temp_dir=temp_dir,
+        env=env,
+    )
+    try:
+        _wait_for_nodes(cluster, expected=1)
+        worker = subprocess.Popen(
+            [
+                RAY_BIN,
+                "start",
+                f"--address={cluster.gcs_address}",
+                "--num-cpus=1",
+                "--num-gpus=0",
+                f"--resources={json.dumps({WORKER_MARKER: 1})}",
+                *common,
+                *_node_port_flags(),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        started.append(worker)
+        _wait_for_nodes(cluster, expected=2)
+        yield cluster
+    finally:
+        for process in reversed(started):
+            _stop(process)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_job_submit_runs_on_the_two_node_cluster_and_sees_both_nodes(
+    two_node_cluster: TwoNodeCluster, tmp_path: Path
+) -> None:
+    working_dir = tmp_path / "job"
+    working_dir.mkdir()
+    (working_dir / "probe.py").write_text(
+        "import json, ray\n"
+        "ray.init()\n"
+        "print('RESOURCES=' + json.dumps(ray.cluster_resources()))\n"
+        "print('NODES=' + str(sum(n['Alive'] for n in ray.nodes())))\n"
+    )
+    result = subprocess.run(
+        [
+            RAY_BIN,
+            "job",
+            "submit",
+            f"--address={two_node_cluster.dashboard_url}",
+            f"--working-dir={working_dir}",
+            "--",
+            "python",
+            "probe.py",
+        ],
+        env=two_node_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout
+    resources_line = next(line for line in result.stdout.splitlines() if line.startswith("RESOURCES="))
+    resources = json.loads(resources_line.removeprefix("RESOURCES="))
+    assert resources[HEAD_MARKER] == 1 and resources[WORKER_MARKER] == 1
+    assert resources["CPU"] == 3  # 2 on the head + 1 on the worker node
+    assert "NODES=2" in result.stdout
