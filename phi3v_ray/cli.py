@@ -41,6 +41,29 @@ typical flow:
 """
 
 
+class _BrokenCommand:
+    """Stands in for a command module that failed to import, so the rest of the CLI still works."""
+
+    def __init__(self, name: str, error: Exception) -> None:
+        self.HELP = f"(unavailable: {error})"
+        self.DESCRIPTION = self.HELP
+        self._message = f"command {name!r} is unavailable in this installation: {error}"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(self, args: argparse.Namespace) -> int:
+        print(f"error: {self._message}", file=sys.stderr)
+        return 2
+
+
+def _load_command(module_name: str):
+    try:
+        return importlib.import_module(f"phi3v_ray.commands.{module_name}")
+    except ImportError as error:
+        return _BrokenCommand(module_name, error)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the full command tree; modules that fail to import still show up with their error on use."""
     parser = argparse.ArgumentParser(
@@ -52,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, module_name in COMMANDS:
-        module = importlib.import_module(f"phi3v_ray.commands.{module_name}")
+        module = _load_command(module_name)
         if len(words) == 2:
             group = words[0]
             if group not in groups:
