@@ -1,0 +1,237 @@
+"""The evaluation job: checkpoints in, leaderboard out.
+
+Reads top to bottom: discover checkpoints → reuse cached predictions by content key → Ray Data batch inference for
+the rest (one actor pool per base model) → trivial contestant → metrics → ranked leaderboard, files and plots.
+Predictions are cached per (evaluation inputs, checkpoint content), so a re-run after a sweep grows only scores
+the new checkpoints, and a checkpoint that fails is listed with its reason while the others are still scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from phi3v_ray.config import EvalSection
+from phi3v_ray.data.answers import parse_answer
+from phi3v_ray.errors import CheckpointError
+from phi3v_ray.evaluation.checkpoints import (
+    BrokenCheckpoint,
+    CheckpointInfo,
+    base_model_key,
+    base_model_source,
+    discover_checkpoints,
+)
+from phi3v_ray.evaluation.leaderboard import (
+    check_metric_name,
+    rank_contestants,
+    to_markdown,
+    write_leaderboard,
+)
+from phi3v_ray.evaluation.metrics import score_by_contestant
+from phi3v_ray.evaluation.plots import write_plots
+from phi3v_ray.evaluation.predictor import BASE_NAME, OUTPUT_COLUMNS, CheckpointPredictor, ContestantSpec
+from phi3v_ray.evaluation.trivial import TRIVIAL_NAME, TrivialPredictor
+
+TRUTH_COLUMNS = ["product_code", "title", "category", "full_price"]
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Knobs of one evaluation (mirrors the `evaluate` config section)."""
+
+    batch_size: int = 8
+    max_new_tokens: int = 48
+    primary_metric: str = "category_accuracy"
+    include_base: bool = True
+    include_trivial: bool = True
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+
+    @classmethod
+    def from_section(cls, section: EvalSection) -> EvaluationSettings:
+        """Settings from a validated `evaluate:` config section."""
+        return cls(
+            batch_size=section.batch_size,
+            max_new_tokens=section.max_new_tokens,
+            primary_metric=section.primary_metric,
+            include_base=section.include_base,
+            include_trivial=section.include_trivial,
+            num_actors=section.num_actors,
+            cpus_per_actor=section.cpus_per_actor,
+            gpus_per_actor=section.gpus_per_actor,
+        )
+
+
+@dataclass
+class EvaluationResult:
+    """What one evaluation produced and where it wrote it."""
+
+    leaderboard: pd.DataFrame
+    predictions: pd.DataFrame
+    broken: list[BrokenCheckpoint]
+    scored_now: list[str]
+    reused: list[str]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def markdown(self) -> str:
+        """The leaderboard as a Markdown table."""
+        primary = str(self.leaderboard.attrs.get("primary_metric", "category_accuracy"))
+        return to_markdown(self.leaderboard, primary)
+
+
+def evaluation_signature(truth: pd.DataFrame, settings: EvaluationSettings) -> str:
+    """Key of the evaluation inputs: which products, their truth, and generation length (batching does not matter)."""
+    digest = hashlib.sha256()
+    ordered = truth[TRUTH_COLUMNS].astype(str).sort_values(TRUTH_COLUMNS)
+    for values in ordered.itertuples(index=False, name=None):
+        digest.update(json.dumps(values).encode())
+    digest.update(f"max_new_tokens={settings.max_new_tokens}".encode())
+    return digest.hexdigest()[:16]
+
+
+def contestant_specs(
+    checkpoints: list[CheckpointInfo], include_base: bool
+) -> dict[str, tuple[dict[str, Any], list[ContestantSpec]]]:
+    """Group contestants by base model: base key -> (base ModelSection dict, specs sharing that base)."""
+    groups: dict[str, tuple[dict[str, Any], list[ContestantSpec]]] = {}
+    for checkpoint in checkpoints:
+        key = base_model_key(checkpoint.base_model)
+        base, specs = groups.setdefault(key, (checkpoint.base_model, []))
+        path = checkpoint.adapter_dir if checkpoint.mode == "lora" else checkpoint.model_dir
+        specs.append(ContestantSpec(checkpoint.name, checkpoint.mode, str(path), checkpoint.content_key))
+    if include_base:
+        many_bases = len(groups) > 1
+        for key, (base, specs) in groups.items():
+            name = f"{BASE_NAME}[{base_model_source(base)}]" if many_bases else BASE_NAME
+            specs.insert(0, ContestantSpec(name, "base", None, f"base-{key}"))
+    return groups
+
+
+def run_predictor(
+    dataset: Any, base: dict[str, Any], specs: list[ContestantSpec], settings: EvaluationSettings
+) -> pd.DataFrame:
+    """Ray Data batch inference: an actor pool whose actors each hold the base once and every contestant's adapter."""
+    import ray
+
+    predictions = dataset.map_batches(
+        CheckpointPredictor,
+        fn_constructor_kwargs={
+            "base_source": base_model_source(base),
+            "contestants": [spec.to_dict() for spec in specs],
+            "max_new_tokens": settings.max_new_tokens,
+            "dtype": base.get("dtype", "float32"),
+            "attention": base.get("attention", "sdpa"),
+        },
+        batch_size=settings.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=settings.num_actors),
+        num_cpus=settings.cpus_per_actor,
+        num_gpus=settings.gpus_per_actor or None,
+    )
+    return predictions.to_pandas()
+
+
+def trivial_rows(trivial: TrivialPredictor, truth: pd.DataFrame) -> pd.DataFrame:
+    """The trivial contestant's rows: the same answer for every product, parsed like any model's."""
+    answer = trivial.answer()
+    parsed = parse_answer(answer)
+    rows = truth[TRUTH_COLUMNS].copy()
+    rows["checkpoint"] = TRIVIAL_NAME
+    rows["content_key"] = f"trivial-{hashlib.sha256(answer.encode()).hexdigest()[:16]}"
+    rows["prediction"] = answer
+    rows["pred_title"] = parsed.title
+    rows["pred_category"] = parsed.category
+    rows["pred_full_price"] = np.nan if parsed.full_price is None else parsed.full_price
+    rows["parse_error"] = parsed.error
+    rows["load_error"] = None
+    return rows[list(OUTPUT_COLUMNS)]
+
+
+def _cache_path(cache_dir: Path, content_key: str) -> Path:
+    return cache_dir / f"{content_key}.parquet"
+
+
+def evaluate(
+    dataset: Any,
+    checkpoint_paths: list[str],
+    output_dir: str | Path,
+    settings: EvaluationSettings,
+    *,
+    trivial: TrivialPredictor | None = None,
+    plots: bool = True,
+) -> EvaluationResult:
+    """Score every checkpoint below `checkpoint_paths` on `dataset` (prompt-only prepared rows); write the leaderboard."""
+    check_metric_name(settings.primary_metric)
+    output = Path(output_dir)
+    checkpoints, broken = discover_checkpoints(checkpoint_paths)
+    truth = dataset.select_columns(TRUTH_COLUMNS).to_pandas()
+    if truth.empty:
+        raise CheckpointError("evaluation split is empty: nothing to score the checkpoints on")
+    cache_dir = output / "cache" / evaluation_signature(truth, settings)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    frames: list[pd.DataFrame] = []
+    kinds: dict[str, str] = {TRIVIAL_NAME: "trivial"}
+    scored_now: list[str] = []
+    reused: list[str] = []
+    for base, specs in contestant_specs(checkpoints, settings.include_base).values():
+        kinds.update({spec.name: spec.kind for spec in specs})
+        pending = [spec for spec in specs if not _cache_path(cache_dir, spec.content_key).is_file()]
+        if pending:
+            fresh = run_predictor(dataset, base, pending, settings)
+            for spec in pending:
+                rows = fresh[fresh["checkpoint"] == spec.name]
+                errors = rows["load_error"].dropna().unique().tolist()
+                if errors:
+                    broken.append(BrokenCheckpoint(spec.name, Path(spec.path or "."), str(errors[0])))
+                    frames.append(rows)  # kept in predictions.parquet with the reason, never scored
+                    continue
+                if len(rows) != len(truth):
+                    raise RuntimeError(f"{spec.name}: {len(rows)} predictions for {len(truth)} products")
+                rows.to_parquet(_cache_path(cache_dir, spec.content_key), index=False)
+                scored_now.append(spec.name)
+        for spec in specs:
+            path = _cache_path(cache_dir, spec.content_key)
+            if spec in pending and spec.name not in scored_now:
+                continue
+            if spec not in pending:
+                reused.append(spec.name)
+            cached = pd.read_parquet(path)
+            cached["checkpoint"] = spec.name  # the same content may have moved since it was scored
+            frames.append(cached)
+    if settings.include_trivial and trivial is not None:
+        frames.append(trivial_rows(trivial, truth))
+    predictions = (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(OUTPUT_COLUMNS))
+    )
+
+    scorable = predictions[predictions["load_error"].isna()]
+    if scorable.empty:
+        raise CheckpointError(
+            "no contestant could be scored: " + "; ".join(f"{b.name}: {b.reason}" for b in broken)
+            or "none given"
+        )
+    scores = score_by_contestant(scorable)
+    scores.insert(1, "kind", scores["checkpoint"].map(kinds).fillna("lora"))
+    leaderboard = rank_contestants(scores, settings.primary_metric)
+    leaderboard.attrs["primary_metric"] = settings.primary_metric
+
+    files = write_leaderboard(leaderboard, output, settings.primary_metric)
+    files["predictions"] = output / "predictions.parquet"
+    predictions.to_parquet(files["predictions"], index=False)
+    files["broken"] = output / "broken.json"
+    files["broken"].write_text(
+        json.dumps([{"name": b.name, "path": str(b.path), "reason": b.reason} for b in broken], indent=2)
+    )
+    if plots:
+        for path in write_plots(leaderboard, scorable, settings.primary_metric, output):
+            files[path.stem] = path
+    return EvaluationResult(leaderboard, predictions, broken, scored_now, reused, files)
