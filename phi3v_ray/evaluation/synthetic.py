@@ -31,9 +31,9 @@ class SyntheticProduct:
     colour: tuple[int, int, int]
     shape: str  # "square" | "circle" | "triangle" | "bar"
 
-    def image(self, size: int = 56) -> Image.Image:
-        """The product photo: the shape in its colour on white."""
-        image = Image.new("RGB", (size, size), (255, 255, 255))
+    def image(self, size: int = 56, width: int | None = None) -> Image.Image:
+        """The product photo: the shape in its colour on white (wider than tall when `width` is given)."""
+        image = Image.new("RGB", (width or size, size), (255, 255, 255))
         draw = ImageDraw.Draw(image)
         box = (size // 8, size // 8, size - size // 8, size - size // 8)
         if self.shape == "circle":
@@ -60,12 +60,20 @@ PRODUCTS: tuple[SyntheticProduct, ...] = (
 
 
 def prepared_rows(
-    processor: Any, products: tuple[SyntheticProduct, ...] = PRODUCTS, *, with_answer: bool
+    processor: Any,
+    products: tuple[SyntheticProduct, ...] = PRODUCTS,
+    *,
+    with_answer: bool,
+    widths: list[int] | None = None,
 ) -> list[dict]:
-    """Prepared examples (the DESIGN.md row contract) for the products, prompt-only unless with_answer."""
+    """Prepared examples (the DESIGN.md row contract) for the products, prompt-only unless with_answer.
+
+    `widths` gives each photo its own width, so prompts differ in length (exercises left padding).
+    """
     rows = []
-    for product in products:
-        encoded = processor.encode_product(product.image(), product.answer() if with_answer else None)
+    for index, product in enumerate(products):
+        image = product.image(width=widths[index] if widths else None)
+        encoded = processor.encode_product(image, product.answer() if with_answer else None)
         rows.append(
             {
                 **encoded,

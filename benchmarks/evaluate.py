@@ -1,0 +1,111 @@
+"""Products × checkpoints per second: the evaluation job vs the naive way, on the same inputs in one run.
+
+Job:   Ray Data, one predictor actor that loads the base once and every adapter by name, batched generation.
+Naive: for each checkpoint, load the base and the adapter afresh, then generate one product at a time.
+Both must produce identical predictions; the script asserts it and prints the throughput ratio.
+
+    python benchmarks/evaluate.py --checkpoints 4 --products 16 --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoints", type=int, default=4)
+    parser.add_argument("--products", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument(
+        "--train-steps", type=int, default=3, help="steps per adapter (makes adapters differ)"
+    )
+    args = parser.parse_args()
+
+    import numpy as np
+    import pandas as pd
+    import ray
+    from tqdm import tqdm
+
+    from phi3v_ray.evaluation.job import EvaluationSettings, run_predictor
+    from phi3v_ray.evaluation.predictor import CheckpointPredictor, ContestantSpec
+    from phi3v_ray.evaluation.synthetic import PRODUCTS, make_lora_checkpoint, prepared_rows
+    from phi3v_ray.model.configuration import Phi3VConfig
+    from phi3v_ray.model.processing import Phi3VProcessor
+    from phi3v_ray.model.tokenizer import build_tiny_tokenizer
+
+    processor = Phi3VProcessor.from_config(Phi3VConfig.preset("tiny"), build_tiny_tokenizer())
+    widths = [56, 84, 112, 140]
+    products = [PRODUCTS[i % len(PRODUCTS)] for i in range(args.products)]
+    rows = prepared_rows(
+        processor,
+        tuple(products),
+        with_answer=False,
+        widths=[widths[i // len(PRODUCTS) % 4] for i in range(len(products))],
+    )
+    for index, row in enumerate(rows):
+        row["product_code"] = index  # distinct keys for the comparison
+
+    with tempfile.TemporaryDirectory() as scratch:
+        specs = []
+        for index in tqdm(range(args.checkpoints), desc="making adapters"):
+            directory = make_lora_checkpoint(
+                Path(scratch) / f"ckpt{index}", steps=args.train_steps, lr=2e-2, seed=index
+            )
+            specs.append(ContestantSpec(f"ckpt{index}", "lora", str(directory / "adapter"), f"k{index}"))
+
+        ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+        dataset = ray.data.from_items(rows).materialize()
+        settings = EvaluationSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+        start = time.perf_counter()
+        job = run_predictor(dataset, {"preset": "tiny"}, specs, settings)
+        job_seconds = time.perf_counter() - start
+
+        start = time.perf_counter()
+        naive_records = []
+        for spec in tqdm(specs, desc="naive: reload per checkpoint"):
+            predictor = CheckpointPredictor("tiny", [spec.to_dict()], max_new_tokens=args.max_new_tokens)
+            for row in rows:
+                batch = {key: [row[key]] for key in ("input_ids", "pixel_values", "image_size")}
+                batch |= {
+                    key: np.array([row[key]]) for key in ("product_code", "title", "category", "full_price")
+                }
+                out = predictor(batch)
+                naive_records.append((spec.name, int(out["product_code"][0]), out["prediction"][0]))
+        naive_seconds = time.perf_counter() - start
+        ray.shutdown()
+
+    naive = pd.DataFrame(naive_records, columns=["checkpoint", "product_code", "prediction"])
+    merged = (
+        job[["checkpoint", "product_code", "prediction"]]
+        .astype({"product_code": int})
+        .merge(naive, on=["checkpoint", "product_code"], suffixes=("_job", "_naive"))
+    )
+    assert len(merged) == len(naive) == args.checkpoints * args.products, "row counts differ"
+    mismatches = merged[merged["prediction_job"] != merged["prediction_naive"]]
+    assert mismatches.empty, f"{len(mismatches)} predictions differ, e.g. {mismatches.iloc[0].to_dict()}"
+
+    pairs = args.checkpoints * args.products
+    job_rate, naive_rate = pairs / job_seconds, pairs / naive_seconds
+    print(
+        f"\n{args.products} products x {args.checkpoints} checkpoints = {pairs} answers, identical in both ways"
+    )
+    print(f"{'way':<40}{'seconds':>10}{'answers/s':>12}")
+    print(f"{'naive (reload per checkpoint, batch 1)':<40}{naive_seconds:>10.1f}{naive_rate:>12.2f}")
+    print(
+        f"{'job (base once, adapters by name, batch ' + str(args.batch_size) + ')':<40}{job_seconds:>10.1f}{job_rate:>12.2f}"
+    )
+    print(f"speed-up: {job_rate / naive_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
