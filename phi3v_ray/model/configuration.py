@@ -11,7 +11,6 @@ import copy
 import importlib.util
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -327,9 +326,9 @@ class Phi3VConfig(PretrainedConfig):
         """How many CLIP encoder layers run: hidden_states[layer_idx] needs only the layers before it."""
         return self.layer_idx % (self.vision_config.num_hidden_layers + 1)
 
-    def set_attention(self, attention: str | None) -> None:
+    def set_attention(self, attention: str | None, *, source: str = "attention") -> None:
         """Choose the attention kernel for text and vision; flash_attention_2 falls back to sdpa when not installed."""
-        self._attn_implementation = resolve_attention(attention or "sdpa", source="attention")
+        self._attn_implementation = resolve_attention(attention or "sdpa", source=source)
 
 
 def resolve_attention(requested: str, *, source: str) -> str:
@@ -401,9 +400,7 @@ def official_dict_to_config(
         )
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    config.set_attention(
-        resolve_attention(raw.get("_attn_implementation") or "sdpa", source=f"{source} _attn_implementation")
-    )
+    config.set_attention(raw.get("_attn_implementation"), source=f"{source} _attn_implementation")
     return config
 
 
@@ -602,11 +599,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a JSON object; found {type(loaded).__name__}")
     return copy.deepcopy(loaded)
-
-
-def longrope_attention_factor(config: Phi3VConfig) -> float:
-    """cos/sin scale of longrope: sqrt(1 + ln(max/original) / ln(original)) (1.19024 for the official model)."""
-    rope = config.text_config.rope_parameters
-    original = rope["original_max_position_embeddings"]
-    factor = config.text_config.max_position_embeddings / original
-    return math.sqrt(1 + math.log(factor) / math.log(original))
