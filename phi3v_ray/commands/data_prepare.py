@@ -1,0 +1,100 @@
+"""`phi3v-ray data prepare`: preprocess catalog splits once into the prepared-split parquet cache."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "preprocess splits into model-ready parquet (token ids, labels, uint8 canvases) that runs reuse"
+DESCRIPTION = """\
+Decode, HD-resize and pad every image of a split, build the prompt, token ids and labels, and write the result to
+<prepared_dir>/<split>-<key>/ (parquet), where <key> hashes the catalog rows, the image files' sizes and times,
+and the processor settings (tokenizer, crop size, crop budget, image token). `train`, `tune` and `evaluate` read
+an entry whose key matches instead of preprocessing again, so a sweep's trials share one preprocessing pass.
+
+Rows that cannot be used (missing, truncated or corrupt images, pixel bombs, unusable prices or titles) go to
+rejects.parquet in the same folder with a reason; the summary shows input = prepared + rejected.
+
+Train and val are written with answers in the labels; test (and --prompt-only) without the answer in the input,
+for evaluation.
+
+examples:
+  phi3v-ray data prepare experiments/demo.yaml
+  phi3v-ray data prepare --catalog data/sample --splits train,val
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Experiment file or catalog directory, which splits, and cache control."""
+    parser.add_argument("experiment", nargs="?", help="experiments/<name>.yaml (model and data settings)")
+    parser.add_argument("--catalog", help="catalog directory (overrides data.catalog_dir; enough on its own)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument(
+        "--splits",
+        default="train,val,test",
+        help="comma-separated splits to prepare (default train,val,test)",
+    )
+    parser.add_argument(
+        "--prompt-only",
+        action="store_true",
+        help="also write train/val in prompt-only form (test is always written prompt-only)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="recompute even when a matching entry exists"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the config, prepare each split (or reuse it), print a reconciled summary per split."""
+    import time
+
+    import ray
+
+    from phi3v_ray.config import config_from_dict, load_experiment
+    from phi3v_ray.data.pipeline import SPLITS, write_prepared_split
+    from phi3v_ray.errors import ConfigError
+
+    overrides = list(args.set)
+    if args.catalog:
+        overrides.append(f"data.catalog_dir={args.catalog}")
+    if args.experiment:
+        config = load_experiment(args.experiment, overrides)
+    elif args.catalog:
+        from phi3v_ray.config import apply_overrides
+
+        config = config_from_dict(apply_overrides({}, overrides), source="--catalog")
+    else:
+        raise ConfigError("data prepare: give an experiment file or --catalog DIR")
+    splits = [name.strip() for name in args.splits.split(",") if name.strip()]
+    unknown = [name for name in splits if name not in SPLITS]
+    if unknown:
+        raise ConfigError(
+            f"--splits: unknown split(s) {', '.join(unknown)}; expected some of {', '.join(SPLITS)}"
+        )
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    failures = 0
+    for split in splits:
+        for prompt_only in _modes(split, args.prompt_only):
+            label = f"{split}{' (prompt only)' if prompt_only else ''}"
+            print(f"[prepare] {label}: reading rows and checking the cache ...", flush=True)
+            started = time.perf_counter()
+            entry, summary, reused = write_prepared_split(
+                config, split, prompt_only=prompt_only, overwrite=args.overwrite
+            )
+            took = time.perf_counter() - started
+            verb = "reused" if reused else f"wrote in {took:.1f}s"
+            print(f"[prepare] {label}: {verb} {entry.directory}")
+            print(f"[prepare] {label}: {summary}")
+            if not summary.reconciles:
+                failures += 1
+            if summary.rejected:
+                print(f"[prepare] {label}: reasons per row in {entry.rejects_path}")
+    return 1 if failures else 0
+
+
+def _modes(split: str, prompt_only_too: bool) -> list[bool]:
+    """Test is for evaluation (prompt only); train/val carry answers, plus prompt-only copies when asked."""
+    if split == "test":
+        return [True]
+    return [False, True] if prompt_only_too else [False]
