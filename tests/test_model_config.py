@@ -182,3 +182,12 @@ def test_tiny_preset_numbers() -> None:
         [6, 3, 2],
         8,
     )
+
+
+def test_config_saved_in_transformers_layout_loads_back(tmp_path: Path) -> None:
+    tiny = Phi3VConfig.preset("tiny")
+    tiny.save_pretrained(tmp_path)
+    loaded = load_config(tmp_path)
+    assert loaded.text_config.to_dict() == tiny.text_config.to_dict()
+    assert loaded.vision_config.to_dict() == tiny.vision_config.to_dict()
+    assert (loaded.num_crops, loaded.image_token_id) == (4, 8)
