@@ -19,8 +19,8 @@ from phi3v_ray.evaluation.job import EvaluationSettings, evaluate
 from phi3v_ray.evaluation.synthetic import PRODUCTS, make_lora_checkpoint, prepared_rows
 from phi3v_ray.evaluation.trivial import TrivialPredictor
 
-TRAIN_STEPS = 40
-TRAIN_LR = 2e-2
+TRAIN_STEPS = 150
+TRAIN_LR = 5e-3
 MAX_NEW_TOKENS = 24  # the longest memorised answer is 19 tokens + <|end|>
 SETTINGS = EvaluationSettings(batch_size=4, max_new_tokens=MAX_NEW_TOKENS, cpus_per_actor=1.0)
 
@@ -38,9 +38,9 @@ def processor():
 def sweep(tmp_path_factory) -> Path:
     """A sweep directory: trained, untrained, corrupt-weights and bad-meta checkpoints side by side."""
     root = tmp_path_factory.mktemp("sweep")
-    trained = make_lora_checkpoint(root / "trial_a" / "checkpoint_000040", steps=TRAIN_STEPS, lr=TRAIN_LR)
+    trained = make_lora_checkpoint(root / "trial_a" / "checkpoint_000150", steps=TRAIN_STEPS, lr=TRAIN_LR)
     make_lora_checkpoint(root / "trial_b" / "checkpoint_000000", steps=0)
-    corrupt = root / "trial_c" / "checkpoint_000040"
+    corrupt = root / "trial_c" / "checkpoint_000150"
     shutil.copytree(trained, corrupt)
     weights = corrupt / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])
@@ -71,7 +71,7 @@ def _by_name(result) -> pd.DataFrame:
 def test_trained_checkpoint_ranks_first_and_beats_trivial_predictor(first_run, sweep) -> None:
     result, _, _ = first_run
     board = _by_name(result)
-    trained, untrained = f"{sweep.name}/trial_a/checkpoint_000040", f"{sweep.name}/trial_b/checkpoint_000000"
+    trained, untrained = f"{sweep.name}/trial_a/checkpoint_000150", f"{sweep.name}/trial_b/checkpoint_000000"
     assert result.leaderboard.iloc[0]["checkpoint"] == trained
     assert board.loc[trained, "category_accuracy"] == 1.0
     assert board.loc[trained, "title_exact_match"] == 1.0
@@ -87,7 +87,7 @@ def test_trained_checkpoint_ranks_first_and_beats_trivial_predictor(first_run, s
 def test_corrupt_checkpoint_is_reported_and_the_others_are_scored(first_run, sweep) -> None:
     result, output, _ = first_run
     reasons = {b.name: b.reason for b in result.broken}
-    corrupt, bad_meta = f"{sweep.name}/trial_c/checkpoint_000040", f"{sweep.name}/trial_d/checkpoint_000000"
+    corrupt, bad_meta = f"{sweep.name}/trial_c/checkpoint_000150", f"{sweep.name}/trial_d/checkpoint_000000"
     assert set(reasons) == {corrupt, bad_meta}
     assert "adapter_model.safetensors" in reasons[corrupt]
     assert "meta.json: not valid JSON" in reasons[bad_meta]
@@ -117,7 +117,7 @@ def test_rerun_reuses_scores_of_unchanged_checkpoints(first_run, sweep) -> None:
     assert again.scored_now == []
     assert set(again.reused) == {
         "base",
-        f"{sweep.name}/trial_a/checkpoint_000040",
+        f"{sweep.name}/trial_a/checkpoint_000150",
         f"{sweep.name}/trial_b/checkpoint_000000",
     }
     pd.testing.assert_frame_equal(again.leaderboard, result.leaderboard)
@@ -153,7 +153,7 @@ def test_wandb_evaluation_run_holds_leaderboard_and_product_samples(first_run, t
 def test_batched_generation_equals_one_at_a_time(sweep, processor) -> None:
     from phi3v_ray.evaluation.predictor import CheckpointPredictor
 
-    adapter = sweep / "trial_a" / "checkpoint_000040" / "adapter"
+    adapter = sweep / "trial_a" / "checkpoint_000150" / "adapter"
     contestants = [
         {"name": "base", "kind": "base", "path": None, "content_key": "b"},
         {"name": "trained", "kind": "lora", "path": str(adapter), "content_key": "t"},
