@@ -23,7 +23,10 @@ FINISHED_KEY = "trial_finished"
 CHECKPOINT_KEY = "checkpoint_path"
 STEP_KEY = "step"
 VAL_STEP_KEY = "val_step"
-FINISHED, STOPPED_EARLY, FAILED, NOT_RUN = "finished", "stopped early", "failed", "not run"
+FINISHED, STOPPED_EARLY, FAILED = "finished", "stopped early", "failed"
+INTERRUPTED, NOT_RUN = "interrupted", "not run"
+# Tune trial states that mean "the sweep stopped before this trial ended" (a resume runs it).
+UNFINISHED_TUNE_STATES = ("PENDING", "RUNNING", "PAUSED")
 RESULTS_FILE = "sweep_results.csv"
 
 
@@ -97,13 +100,23 @@ def _exists(path: Any) -> bool:
     return "://" in text or os.path.isdir(text)
 
 
-def trial_row(result: Any, hyperparameters: Mapping[str, Any], metric: str, mode: str) -> TrialRow:
-    """A Tune `Result` → TrialRow: failed if it errored, finished if the driver marked it, else stopped early."""
+def trial_row(
+    result: Any,
+    hyperparameters: Mapping[str, Any],
+    metric: str,
+    mode: str,
+    tune_state: str | None = None,
+    trial_id: str | None = None,
+) -> TrialRow:
+    """A Tune `Result` → TrialRow: failed if it errored, finished if the driver marked it, interrupted if Tune's
+    saved state says it never ended, else stopped early (by the scheduler)."""
     metrics = dict(result.metrics or {})
-    trial_id = str(metrics.get("trial_id") or Path(result.path).name)
+    trial_id = str(trial_id or metrics.get("trial_id") or Path(result.path).name)
     best = best_point(result.metrics_dataframe, metric, mode)
     if result.error is not None:
         status, reason = FAILED, _error_reason(result.error)
+    elif tune_state in UNFINISHED_TUNE_STATES and not metrics.get(FINISHED_KEY):
+        status, reason = INTERRUPTED, "the sweep stopped before this trial ended; run it again to resume"
     elif metrics.get(FINISHED_KEY):
         status, reason = FINISHED, ""
     elif best.validations or metrics:
@@ -276,7 +289,7 @@ def log_sweep_summary(
         run.summary[f"best_{metric}"] = best.best_metric
         run.summary["best_trial"] = best.trial_id
         run.summary["best_checkpoint"] = best.best_checkpoint or ""
-    for status in (FINISHED, STOPPED_EARLY, FAILED):
+    for status in (FINISHED, STOPPED_EARLY, FAILED, INTERRUPTED):
         run.summary[f"trials_{status.replace(' ', '_')}"] = sum(r.status == status for r in rows)
     run.finish()
     return run_id

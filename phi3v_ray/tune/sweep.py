@@ -281,6 +281,17 @@ def run_sweep(
     )
 
 
+def saved_trial_states(sweep_dir: Path) -> dict[str, tuple[str, str]]:
+    """trial path → (trial id, state) as Tune saved them (RUNNING/PENDING survive an interrupt there, not in memory)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(str(sweep_dir))
+    except Exception:  # noqa: BLE001 - no saved state (e.g. nothing ran): statuses come from results alone
+        return {}
+    return {os.path.normpath(str(trial.path)): (trial.trial_id, trial.status) for trial in analysis.trials}
+
+
 def finish_sweep(
     config: ExperimentConfig,
     space: SearchSpace,
@@ -293,12 +304,14 @@ def finish_sweep(
 ) -> SweepOutcome:
     """Turn Tune's ResultGrid into sweep_results.csv, a printed table and the W&B sweep summary run."""
     metric, mode = config.tune.metric, config.tune.mode
+    sweep_dir = sweep_directory(config)
+    states = saved_trial_states(sweep_dir)
     rows = []
     for result in grid:
         sampled = {key: value for key, value in (result.config or {}).items() if key in space.keys}
-        rows.append(trial_row(result, space.full_sample(sampled), metric, mode))
+        trial_id, state = states.get(os.path.normpath(str(result.path)), (None, None))
+        rows.append(trial_row(result, space.full_sample(sampled), metric, mode, state, trial_id))
     rows = sort_rows(rows, mode)
-    sweep_dir = sweep_directory(config)
     csv_path = write_results_csv(rows, sweep_dir / RESULTS_FILE, space.keys, metric)
     table = format_table(rows, space.keys, metric)
     echo(table)

@@ -1,0 +1,114 @@
+"""`phi3v-ray tune`: a Ray Tune sweep where every trial is a full multi-worker DeepSpeed training run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+HELP = "sweep LoRA rank, learning rate or any config key; one multi-worker training run per trial"
+DESCRIPTION = """\
+Searches the keys listed under `tune.search_space` in the experiment file, e.g.
+
+  tune:
+    search_space:
+      lora.rank:  {choice: [8, 16, 32, 64]}
+      optim.lr:   {loguniform: [1.0e-5, 5.0e-4]}
+      lora.alpha: {ratio_of: lora.rank, value: 2}     # alpha = 2 x the trial's rank
+    search_alg: optuna      # random | grid | optuna
+    num_samples: 16
+    scheduler: asha         # asha (early stopping on val_loss) | fifo
+
+Each trial is one Ray Train run (DeepSpeed, N workers); the prepared data is computed once and shared. Up to
+max_concurrent_trials trials run at once (default: as many as the cluster's CPUs/GPUs fit). Every trial is a W&B
+run in one group named after the sweep. Results: <run.storage_path>/<tune.name>/sweep_results.csv and a table.
+
+A search space naming an unknown key or a value the config rejects fails before any trial starts. Run the same
+command again after an interruption (Ctrl-C, lost driver) to finish the missing trials; finished ones are kept.
+
+exit status: 0 every trial finished or was stopped early, 1 some trial failed, 130 interrupted (resumable).
+
+examples:
+  phi3v-ray tune experiments/demo.yaml --dry-run
+  phi3v-ray tune experiments/demo.yaml --set tune.num_samples=8 --set tune.scheduler=fifo
+"""
+
+# Non-secret settings the trial processes must see; WANDB_API_KEY is forwarded by Ray itself.
+FORWARDED_ENV = ("WANDB_MODE", "WANDB_SILENT", "DS_ACCELERATOR", "TOKENIZERS_PARALLELISM")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Experiment file, `--set` overrides, resume policy and the dry-run switch."""
+    parser.add_argument("experiment", help="experiments/<name>.yaml (with a `tune:` section)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set tune.num_samples=8 (repeatable)",
+    )
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument("--resume", action="store_true", help="require an interrupted sweep to resume")
+    policy.add_argument("--fresh", action="store_true", help="refuse to touch an existing sweep directory")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate the search space and print the plan; start nothing"
+    )
+
+
+def plan_text(config, space, capacity_note: str) -> str:  # noqa: ANN001 - ExperimentConfig/SearchSpace, lazy
+    """What --dry-run prints: each searched key, the trial count, per-trial resources and concurrency."""
+    from phi3v_ray.tune.resources import trial_need
+    from phi3v_ray.tune.sweep import sweep_directory, wandb_group
+
+    tune_section = config.tune
+    lines = [f"sweep {tune_section.name} -> {sweep_directory(config)}"]
+    for dim in space.dimensions:
+        lines.append(f"  {dim.key}: {dim.describe()}")
+    lines.append(
+        f"search {tune_section.search_alg}, {space.grid_size() * tune_section.num_samples} trial(s), "
+        f"scheduler {tune_section.scheduler} on {tune_section.metric} ({tune_section.mode})"
+    )
+    lines.append(trial_need(config).describe())
+    lines.append(capacity_note)
+    lines.append(f"W&B group: {wandb_group(config)}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate (before Ray starts), then dry-run or sweep; the exit status says how the trials ended."""
+    from phi3v_ray.config import load_experiment
+    from phi3v_ray.tune.space import parse_search_space
+
+    config = load_experiment(args.experiment, args.overrides)
+    space = parse_search_space(config)
+    if args.dry_run:
+        from phi3v_ray.errors import ConfigError
+        from phi3v_ray.train.launcher import local_capacity
+        from phi3v_ray.tune.resources import DATA_RESERVE_CPUS, max_concurrent_trials
+
+        cpus, gpus = local_capacity()
+        try:
+            concurrency = max_concurrent_trials(
+                config, {"CPU": cpus, "GPU": gpus}, reserve_cpus=DATA_RESERVE_CPUS
+            )
+            note = f"this machine ({cpus:g} CPU, {gpus:g} GPU) runs up to {concurrency} trial(s) at once"
+        except ConfigError as error:
+            note = f"note: not runnable on this machine as configured: {error}"
+        print(plan_text(config, space, note))
+        return 0
+
+    import ray
+
+    from phi3v_ray.tune.results import FAILED, INTERRUPTED
+    from phi3v_ray.tune.sweep import run_sweep
+
+    if not ray.is_initialized():
+        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+        ray.init(runtime_env={"env_vars": env} if env else None)
+    resume = True if args.resume else (False if args.fresh else None)
+    outcome = run_sweep(config, resume=resume)
+    statuses = [row.status for row in outcome.rows]
+    if INTERRUPTED in statuses:
+        print("sweep interrupted: run the same command again to finish the missing trials")
+        return 130
+    return 1 if FAILED in statuses else 0
