@@ -72,7 +72,9 @@ def best_point(history: pd.DataFrame | None, metric: str, mode: str) -> BestPoin
     step_key = VAL_STEP_KEY if VAL_STEP_KEY in scored else STEP_KEY
     best_step = int(best[step_key]) if step_key in scored and pd.notna(best[step_key]) else None
     checkpoint = _checkpoint_for(history, best_index, metric, mode)
-    return BestPoint(float(best[metric]), best_step, checkpoint, int(len(scored)))
+    # Every report repeats the latest validation; distinct validation steps count the validations themselves.
+    validations = int(scored[VAL_STEP_KEY].nunique()) if VAL_STEP_KEY in scored else int(len(scored))
+    return BestPoint(float(best[metric]), best_step, checkpoint, validations)
 
 
 def _checkpoint_for(history: pd.DataFrame, best_index: Any, metric: str, mode: str) -> str | None:
@@ -236,10 +238,8 @@ def _cell(value: Any, column: str) -> str:
     if value is None or value == "":
         return "-"
     if column == "best_checkpoint":
-        try:
-            return os.path.relpath(str(value))
-        except ValueError:
-            return str(value)
+        relative = os.path.relpath(str(value)) if "://" not in str(value) else str(value)
+        return relative if not relative.startswith("..") else str(value)
     if isinstance(value, float):
         return f"{value:.3e}" if value != 0 and abs(value) < 1e-2 else f"{value:.4f}"
     return str(value)

@@ -1,0 +1,202 @@
+"""End-to-end sweeps on the tiny preset, CPU: real Ray Tune + Train + DeepSpeed, real W&B offline runs.
+
+One 4-trial ASHA sweep (module fixture) proves the W&B runs, the results table and its checkpoints, and early
+stopping; a second sweep is interrupted with Ctrl-C (SIGINT) from a separate driver process and then resumed.
+The learning rates form a grid whose last value (1e-7) is hopeless: that trial only starts once another trial
+has already passed ASHA's rung, so the rung always has a better score to compare it with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from phi3v_ray.config import ExperimentConfig, load_experiment
+from phi3v_ray.tune.results import FINISHED, STOPPED_EARLY, read_results_csv
+from phi3v_ray.tune.sweep import SweepOutcome, run_sweep, sweep_directory
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+
+def _overrides(catalog: Path, storage: Path, name: str) -> list[str]:
+    return [
+        f"data.catalog_dir={catalog}",
+        f"data.prepared_dir={catalog / 'prepared'}",
+        "data.max_train_examples=8",
+        "data.max_eval_examples=4",
+        "run.max_steps=4",
+        "run.eval_every=2",
+        "run.checkpoint_every=2",
+        "run.val_generate_samples=0",
+        "run.max_failures=0",
+        f"run.storage_path={storage}",
+        "scaling.cpus_per_worker=0.25",
+        "tune.trial_driver_cpus=0.5",
+        f"tune.name={name}",
+        "wandb.mode=offline",
+    ]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from phi3v_ray.data.split import split_catalog
+    from phi3v_ray.data.synth import synth_catalog
+
+    directory = tmp_path_factory.mktemp("tune-catalog")
+    synth_catalog(directory, 100, seed=1, overwrite=True)
+    split_catalog(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def asha_sweep(
+    ray_local, catalog: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ExperimentConfig, SweepOutcome]:
+    storage = tmp_path_factory.mktemp("tune-runs")
+    space = (
+        "{lora.rank: {choice: [4, 8, 16]}, optim.lr: {grid: [5.0e-3, 3.0e-3, 1.0e-3, 1.0e-7]},"
+        " lora.alpha: {ratio_of: lora.rank, value: 2}}"
+    )
+    config = load_experiment(
+        REPO / "experiments" / "demo.yaml",
+        [
+            *_overrides(catalog, storage, "asha"),
+            f"tune.search_space={space}",
+            "tune.num_samples=1",
+            "tune.scheduler=asha",
+            "tune.grace_period=1",
+            "tune.reduction_factor=2",
+            "tune.max_concurrent_trials=3",
+        ],
+    )
+    return config, run_sweep(config)
+
+
+def _wandb_runs(directory: Path) -> dict[str, dict[str, Any]]:
+    """run id → {group, job_type, config} read from each offline `.wandb` file with wandb's own protobuf."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from phi3v_ray.tracking import _records, read_offline_run
+
+    runs = {}
+    for run_dir in sorted(directory.rglob("offline-run-*")):
+        (run_file,) = run_dir.glob("*.wandb")
+        group = job_type = None
+        for payload in _records(run_file):
+            record = pb.Record()
+            record.ParseFromString(payload)
+            if record.WhichOneof("record_type") == "run":
+                group, job_type = record.run.run_group, record.run.job_type
+        offline = read_offline_run(run_dir)
+        runs[offline.run_id] = {"group": group, "job_type": job_type, "config": offline.config}
+    return runs
+
+
+def test_four_trial_sweep_logs_four_wandb_runs_in_one_group_with_distinct_rank_lr_pairs(asha_sweep) -> None:
+    config, outcome = asha_sweep
+    runs = _wandb_runs(sweep_directory(config) / "wandb")
+    trial_ids = {row.trial_id for row in outcome.rows}
+    assert len(trial_ids) == 4 and trial_ids <= set(runs)
+    trial_runs = [runs[trial_id] for trial_id in trial_ids]
+    assert {run["group"] for run in trial_runs} == {"asha"}
+    pairs = {(run["config"]["lora"]["rank"], run["config"]["optim"]["lr"]) for run in trial_runs}
+    assert len(pairs) == 4
+    for run in trial_runs:  # the derived key is in each run's config too
+        assert run["config"]["lora"]["alpha"] == 2 * run["config"]["lora"]["rank"]
+    summary = runs[outcome.summary_run_id]
+    assert (summary["group"], summary["job_type"]) == ("asha", "sweep-summary")
+
+
+def test_results_csv_lists_every_trial_with_a_best_checkpoint_that_loads(asha_sweep) -> None:
+    from phi3v_ray.train.checkpoint import load_trained_model, read_meta
+
+    config, outcome = asha_sweep
+    table = read_results_csv(outcome.results_csv)
+    assert len(table) == 4
+    assert list(table.columns[:4]) == ["trial_id", "lora.rank", "optim.lr", "lora.alpha"]
+    assert table["best_val_loss"].notna().all()
+    for row in table.to_dict("records"):
+        checkpoint = Path(row["best_checkpoint"])
+        assert checkpoint.is_dir() and checkpoint.is_relative_to(sweep_directory(config))
+        meta = read_meta(checkpoint)
+        assert meta["experiment"]["lora"]["rank"] == row["lora.rank"]
+        assert meta["experiment"]["optim"]["lr"] == pytest.approx(row["optim.lr"])
+        model = load_trained_model(checkpoint)
+        ranks = {p.shape[0] for n, p in model.named_parameters() if "lora_A" in n}
+        assert ranks == {meta["experiment"]["lora"]["rank"]}
+    assert "best_val_loss" in outcome.table and str(outcome.results_csv).endswith("sweep_results.csv")
+
+
+def test_asha_stops_the_hopeless_trial_early_and_its_status_says_so(asha_sweep) -> None:
+    _, outcome = asha_sweep
+    by_status = {
+        status: [r for r in outcome.rows if r.status == status] for status in (FINISHED, STOPPED_EARLY)
+    }
+    assert len(by_status[STOPPED_EARLY]) >= 1
+    assert len(by_status[FINISHED]) + len(by_status[STOPPED_EARLY]) == 4
+    hopeless = next(r for r in outcome.rows if r.hyperparameters["optim.lr"] == pytest.approx(1e-7))
+    assert hopeless.status == STOPPED_EARLY and "stopped by the scheduler" in hopeless.reason
+    assert hopeless.validations < max(r.validations for r in by_status[FINISHED])
+
+
+def _finished_trials(sweep_dir: Path) -> int:
+    count = 0
+    for result_file in sweep_dir.glob("run_trial_*/result.json"):
+        lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        count += any(line.get("trial_finished") for line in lines)
+    return count
+
+
+def test_interrupted_sweep_resumes_only_the_missing_trials(ray_local, catalog: Path, tmp_path: Path) -> None:
+    overrides = [
+        *_overrides(catalog, tmp_path / "runs", "resume"),
+        "tune.search_space={lora.rank: {choice: [4, 8]}, optim.lr: {grid: [5.0e-3, 2.0e-3, 1.0e-3]}}",
+        "tune.num_samples=1",
+        "tune.scheduler=fifo",
+        "tune.max_concurrent_trials=1",
+    ]
+    experiment = REPO / "experiments" / "demo.yaml"
+    config = load_experiment(experiment, overrides)
+    sweep_dir = sweep_directory(config)
+    command = [sys.executable, "-m", "phi3v_ray.cli", "tune", str(experiment)]
+    for override in overrides:
+        command += ["--set", override]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 900
+    while _finished_trials(sweep_dir) < 1 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(2)
+    driver.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops the running trial
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 130, output[-3000:]
+    first = read_results_csv(sweep_dir / "sweep_results.csv")
+    done_before = set(first.loc[first["status"] == FINISHED, "trial_id"])
+    assert 1 <= len(done_before) < 3 and "interrupted" in set(first["status"])
+    checkpoints_before = {
+        t: sorted(p.name for p in (sweep_dir / t).glob("checkpoint_*")) for t in done_before
+    }
+    runs_before = {t: len(list((sweep_dir / "wandb").rglob(f"offline-run-*-{t}"))) for t in done_before}
+
+    outcome = run_sweep(config, resume=True)
+
+    assert outcome.resumed
+    assert len(outcome.rows) == 3 and {r.status for r in outcome.rows} == {FINISHED}
+    table = read_results_csv(outcome.results_csv)
+    assert set(table["trial_id"]) >= done_before and len(table) == 3
+    for trial_id in done_before:  # not rerun: no new checkpoint, no second W&B run folder
+        assert (
+            sorted(p.name for p in (sweep_dir / trial_id).glob("checkpoint_*"))
+            == checkpoints_before[trial_id]
+        )
+        assert len(list((sweep_dir / "wandb").rglob(f"offline-run-*-{trial_id}"))) == runs_before[trial_id]
+    assert pd.Series([r.best_checkpoint for r in outcome.rows]).map(lambda p: Path(p).is_dir()).all()
