@@ -76,9 +76,17 @@ def build_trainer(
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
     train_rows = None if config.run.max_steps else int(datasets["train"].count())
+    name = run_name or config.run.name
+    loop_config = {
+        "experiment": config.to_plain(),
+        "trial": trial,
+        "train_rows": train_rows,
+        "run_name": name,
+        "storage_path": storage_path(config),
+    }
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": config.to_plain(), "trial": trial, "train_rows": train_rows},
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
@@ -86,8 +94,8 @@ def build_trainer(
             placement_strategy=scaling.placement_strategy,
         ),
         run_config=RunConfig(
-            name=run_name or config.run.name,
-            storage_path=storage_path(config),
+            name=name,
+            storage_path=loop_config["storage_path"],
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.run.keep_best,
                 checkpoint_score_attribute="val_loss",
