@@ -1,0 +1,1 @@
+"""One module per CLI command (see phi3v_ray/cli.py)."""
