@@ -126,10 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     from phi3v_ray.train.launcher import fit
 
-    result = fit(config)
-    if result.error:
-        print(f"training failed: {result.error}")
-        return 1
+    result = fit(config)  # raises ray.train.TrainingFailedError once retries are used up
     best = result.best_checkpoints[0] if result.best_checkpoints else None
     print(f"final metrics: { {k: v for k, v in result.metrics.items() if not k.startswith('_')} }")
     if result.checkpoint:

@@ -100,10 +100,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     last_saved = state.step if state.resumed else -1
     window = StepWindow()
     while state.step < total_steps:
-        skip_micro = (
-            state.epoch_step * config.optim.grad_accum
-        )  # resumed mid-epoch: pass over what was trained
-        steps_before = state.step
+        # Resumed mid-epoch: pass over the micro-batches already trained in this epoch.
+        skip_micro = state.epoch_step * config.optim.grad_accum
+        micro = -1
         for micro, batch in enumerate(_synced(_micro_batches(train_shard, processor, config), device)):
             if micro < skip_micro:
                 continue
@@ -125,7 +124,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
             is_last = state.step >= total_steps
             should_save = state.step % config.run.checkpoint_every == 0 or is_last
-            if state.step % config.run.eval_every == 0 or should_save:
+            validated = state.step % config.run.eval_every == 0 or should_save
+            if validated:
                 validation = _validate(engine, processor, val_shard, config, device, rank, world)
                 tracker.log({"val/loss": validation.loss, "trainer/step": state.step}, step=state.step)
                 tracker.log_predictions(validation.predictions, step=state.step)
@@ -135,11 +135,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 last_saved = state.step
             elif state.step % config.run.report_every == 0:
                 ray.train.report(report)
-            window.restart_clock()  # throughput covers training only, not validation or checkpoint time
+            if validated or should_save:
+                window.restart_clock()  # step throughput excludes validation and checkpoint time
             if is_last:
                 break
-        if state.step == steps_before:
-            raise RuntimeError(f"epoch {state.epoch} produced no optimizer step: the train shard is empty")
+        if micro < 0:
+            raise RuntimeError(
+                f"epoch {state.epoch}: the train shard yielded no batch (is the train split empty?)"
+            )
         if state.step < total_steps:
             state.epoch, state.epoch_step = state.epoch + 1, 0
     if last_saved != state.step:  # resumed at the very end: keep the contract of a final checkpoint
