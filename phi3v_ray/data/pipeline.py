@@ -361,7 +361,10 @@ def prepare_dataset(
     cpus_per_actor: float = 1.0,
     rows_per_block: int = DEFAULT_ROWS_PER_BLOCK,
 ) -> tuple[ray.data.Dataset, RejectsLog]:
-    """Lazy dataset of prepared examples for `rows` (which carry `row_id`), plus where its rejects go."""
+    """Lazy dataset of prepared examples for `rows` (which carry `row_id`), plus where its rejects go.
+
+    `num_actors` fixes the pool size (benchmarks, tests); by default the pool autoscales with the cluster.
+    """
     import ray
 
     rejects_path = Path(rejects_dir)
@@ -376,8 +379,11 @@ def prepare_dataset(
     # Many small blocks: each becomes one actor task, which is what spreads the work over the pool.
     chunks = [inputs.iloc[start : start + rows_per_block] for start in range(0, len(inputs), rows_per_block)]
     if num_actors is None:
+        # Autoscale from one actor up to the cluster's CPUs, leaving room for Train workers that reserve theirs.
         cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        num_actors = max(1, int(cluster_cpus // cpus_per_actor))
+        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cluster_cpus // cpus_per_actor)))
+    else:
+        pool = ray.data.ActorPoolStrategy(size=max(1, num_actors))
     dataset = ray.data.from_pandas(chunks or [inputs]).map_batches(
         ExamplePreparer,
         fn_constructor_kwargs={
@@ -387,7 +393,7 @@ def prepare_dataset(
         },
         batch_size=None,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, num_actors)),
+        compute=pool,
         num_cpus=cpus_per_actor,
     )
     return dataset, RejectsLog(directory=rejects_path, input_rows=len(rows))
@@ -435,9 +441,12 @@ def read_prepared_dataset(entry: prepared.PreparedEntry) -> tuple[ray.data.Datas
     """A cached split as the same lazy dataset of examples the pipeline would produce."""
     import ray
 
-    dataset = ray.data.read_parquet(str(entry.examples_dir)).map_batches(
-        prepared.decode_examples, batch_format="pyarrow", batch_size=DEFAULT_ROWS_PER_BLOCK
-    )
+    if prepared.count_parquet_rows(entry.examples_dir) == 0:
+        dataset = ray.data.from_items([])  # every row was rejected; Ray cannot read an empty parquet folder
+    else:
+        dataset = ray.data.read_parquet(str(entry.examples_dir)).map_batches(
+            prepared.decode_examples, batch_format="pyarrow", batch_size=DEFAULT_ROWS_PER_BLOCK
+        )
     log = RejectsLog(
         directory=entry.directory, input_rows=int(entry.meta["input_rows"]), cached_path=entry.rejects_path
     )

@@ -213,4 +213,6 @@ def commit_entry(
 
 def count_parquet_rows(directory: Path) -> int:
     """Rows in every parquet file under `directory`, read from footers only."""
+    if not directory.is_dir():
+        return 0
     return sum(pq.ParquetFile(path).metadata.num_rows for path in sorted(directory.glob("*.parquet")))
