@@ -135,9 +135,8 @@ def decode_image(
                     )
                 image.seek(0)  # animated GIF/WebP/APNG: the first frame, as PIL's default load gives
                 image.load()
+                # Loaded pixels outlive the file handle that the context manager closes, so no copy is needed.
                 rgb = _to_rgb(image)
-                if rgb is image:
-                    rgb = image.copy()  # detach from the file handle closed by the context manager
     except Image.DecompressionBombError as error:
         return _reject(REASON_TOO_MANY_PIXELS, f"{path}: {error}", mode)
     except UnidentifiedImageError:
