@@ -139,12 +139,12 @@ def test_wandb_evaluation_run_holds_leaderboard_and_product_samples(first_run, t
     )
     stored = read_offline_run(run_dir)
     assert stored.config["primary_metric"] == "category_accuracy"
-    logged = next(row for row in stored.history if "eval/leaderboard" in row)
-    assert logged["eval/leaderboard"]["_type"] == "table-file"
-    table = json.loads((run_dir / "files" / logged["eval/leaderboard"]["path"]).read_text())
+    logged = next(row for row in stored.history if "eval/leaderboard/path" in row)
+    assert logged["eval/leaderboard/_type"] == "table-file"
+    table = json.loads((run_dir / "files" / logged["eval/leaderboard/path"]).read_text())
     column = table["columns"].index("checkpoint")
     assert table["data"][0][column] == result.leaderboard.iloc[0]["checkpoint"]
-    sample_table = json.loads((run_dir / "files" / logged["eval/samples"]["path"]).read_text())
+    sample_table = json.loads((run_dir / "files" / logged["eval/samples/path"]).read_text())
     assert len(sample_table["data"]) == 2
     top_answer = sample_table["columns"].index(f"answer: {result.leaderboard.iloc[0]['checkpoint']}")
     assert sample_table["data"][0][top_answer].startswith("Product: ")
