@@ -5,7 +5,11 @@ Same images (a generated catalog), same number of cores, one run:
   naive:    per-row loop in a process pool of --cores workers building the official float32 17-crop tensor
             (normalise, bicubic global view, 336² crops, zero crops up to 17) plus the token ids
   pipeline: phi3v_ray.data.pipeline on a local Ray cluster of --cores CPUs, --cores preprocessing actors, every
-            example delivered to this process through iter_batches (what a trainer's shard sees)
+            example delivered to this process through iter_batches (what a trainer's shard sees); its rate is
+            taken between the arrival of 25% and 95% of the rows (the pools are warmed before their clocks start,
+            so actor start-up is left out the same way; the rate including start-up is printed too)
+Floor and pipeline alternate for --rounds rounds because other jobs on a shared machine make rates drift; the
+table shows the median round.
 Bytes per example: our prepared row (uint8 canvas + int32 ids/labels) vs the official float32 pixel tensor with
 int64 ids/labels, in memory and (ours) in the prepared parquet cache.
 
