@@ -70,10 +70,10 @@ class Tracker:
             )
         self.run.log({"val/predictions": table}, step=step)
 
-    def finish(self) -> None:
-        """Flush and close the run (offline runs are complete on disk after this)."""
+    def finish(self, exit_code: int = 0) -> None:
+        """Flush and close the run (offline runs are complete on disk after this); non-zero marks it failed."""
         if self.run is not None:
-            self.run.finish()
+            self.run.finish(exit_code=exit_code)
             self.run = None
 
 
@@ -134,6 +134,8 @@ class OfflineRun:
     run_id: str
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = False  # the run's exit record is on disk (wandb's writer may lag finish() by a moment)
+    exit_code: int | None = None
 
 
 def _records(path: Path) -> Iterator[bytes]:
@@ -194,12 +196,26 @@ def read_offline_run(run_dir: str | os.PathLike[str]) -> OfflineRun:
                 key = item.key or "/".join(item.nested_key)
                 row[key] = _decode_value(item.value_json)
             result.history.append(row)
+        elif kind == "exit":
+            result.complete, result.exit_code = True, record.exit.exit_code
     # wandb wraps each config entry as {"value": ..., "desc": ...}
     result.config = {
         key: (value["value"] if isinstance(value, dict) and "value" in value else value)
         for key, value in result.config.items()
     }
     return result
+
+
+def read_complete_offline_run(run_dir: str | os.PathLike[str], timeout_s: float = 30.0) -> OfflineRun:
+    """`read_offline_run`, waiting until the run's exit record has reached the disk."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = read_offline_run(run_dir)
+        if run.complete or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
 
 
 def find_offline_runs(directory: str | os.PathLike[str], run_id: str) -> list[Path]:

@@ -137,7 +137,7 @@ def test_gradient_checkpointing_cuts_activations_and_full_finetune_costs_optimiz
     assert ckpt.activations < plain.activations / 4
     full_estimate = estimate_memory(dims, full, world_size=4, seq_len=2600, checkpointing=True)
     assert full_estimate.optimizer == pytest.approx(12 * 4_146_621_440 / 4, rel=1e-6)
-    assert full_estimate.optimizer > 100 * ckpt.optimizer
+    assert full_estimate.optimizer > 50 * ckpt.optimizer  # 4.15B vs 47M trainable parameters
     offloaded = estimate_memory(
         dims,
         _official(deepspeed={"zero_stage": 3, "offload_optimizer": True}),
@@ -238,7 +238,7 @@ def test_run_config_carrying_the_api_key_is_refused(tmp_path, monkeypatch):
 
 def test_offline_run_reads_back_config_history_and_prediction_table(tmp_path, monkeypatch):
     from phi3v_ray.config import WandbSection
-    from phi3v_ray.tracking import find_offline_runs, read_offline_run, start_tracking
+    from phi3v_ray.tracking import find_offline_runs, read_complete_offline_run, start_tracking
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     tracker = start_tracking(
@@ -267,7 +267,8 @@ def test_offline_run_reads_back_config_history_and_prediction_table(tmp_path, mo
     )
     tracker.finish()
     (folder,) = find_offline_runs(tmp_path, "unit-run")
-    run = read_offline_run(folder)
+    run = read_complete_offline_run(folder)
+    assert run.complete and run.exit_code == 0
     assert run.config["optim"] == {"lr": 0.5}
     assert [row["train/loss"] for row in run.history if "train/loss" in row] == pytest.approx(
         [1.0, 0.5, 1 / 3]

@@ -58,9 +58,9 @@ def zero3_run(ray_local, tmp_path_factory):
 
 
 def _first_loss(tmp: Path, run_id: str) -> float:
-    from phi3v_ray.tracking import find_offline_runs, read_offline_run
+    from phi3v_ray.tracking import find_offline_runs, read_complete_offline_run
 
-    first = read_offline_run(find_offline_runs(tmp / "wandb", run_id)[0])
+    first = read_complete_offline_run(find_offline_runs(tmp / "wandb", run_id)[0])
     return next(row["train/loss"] for row in first.history if row.get("trainer/step") == 1)
 
 
@@ -76,11 +76,12 @@ def test_training_loss_falls_with_a_clear_margin(run_fixture, request):
 def test_planted_failure_is_retried_from_the_last_checkpoint_and_finishes_with_the_same_step_count(
     zero2_run, zero3_run
 ):
-    from phi3v_ray.tracking import find_offline_runs, read_offline_run
+    from phi3v_ray.tracking import find_offline_runs, read_complete_offline_run
 
     config, result, tmp = zero2_run
-    attempts = [read_offline_run(path) for path in find_offline_runs(tmp / "wandb", "zero2")]
+    attempts = [read_complete_offline_run(path) for path in find_offline_runs(tmp / "wandb", "zero2")]
     assert len(attempts) == 2, "expected one W&B folder per attempt (failed + retried)"
+    assert attempts[0].exit_code == 1 and attempts[1].exit_code == 0
     first_steps = [row["trainer/step"] for row in attempts[0].history if "train/loss" in row]
     retry_steps = [row["trainer/step"] for row in attempts[1].history if "train/loss" in row]
     assert max(first_steps) == 6  # failed at the planted step
@@ -141,11 +142,11 @@ def test_checkpoint_reloads_through_base_plus_adapter_with_identical_logits(run_
 
 
 def test_wandb_offline_files_hold_run_config_and_per_step_loss(zero3_run):
-    from phi3v_ray.tracking import find_offline_runs, read_offline_run
+    from phi3v_ray.tracking import find_offline_runs, read_complete_offline_run
 
     config, _, tmp = zero3_run
     (folder,) = find_offline_runs(tmp / "wandb", "zero3")
-    run = read_offline_run(folder)
+    run = read_complete_offline_run(folder)
     for section in ("model", "lora", "optim", "deepspeed", "scaling", "run"):
         assert run.config[section] == config.to_plain()[section]
     losses = {row["trainer/step"]: row["train/loss"] for row in run.history if "train/loss" in row}

@@ -94,61 +94,73 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
 
     # 5. The loop.
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    validation = _validate(engine, processor, val_shard, config, device, rank, world)
-    last_saved = state.step if state.resumed else -1
-    window = StepWindow()
-    while state.step < total_steps:
-        # Resumed mid-epoch: pass over the micro-batches already trained in this epoch.
-        skip_micro = state.epoch_step * config.optim.grad_accum
-        micro = -1
-        for micro, batch in enumerate(_synced(_micro_batches(train_shard, processor, config), device)):
-            if micro < skip_micro:
-                continue
-            loss = engine(**_to_device(batch, device)).loss
-            engine.backward(loss)
-            boundary = engine.is_gradient_accumulation_boundary()
-            engine.step()
-            window.add(loss.detach(), batch)
-            if not boundary:
-                continue
-            state.step, state.epoch_step = state.step + 1, state.epoch_step + 1
+    try:
+        train_shard = ray.train.get_dataset_shard("train")
+        val_shard = ray.train.get_dataset_shard("val")
+        validation = _validate(engine, processor, val_shard, config, device, rank, world)
+        last_saved = state.step if state.resumed else -1
+        window = StepWindow()
+        while state.step < total_steps:
+            # Resumed mid-epoch: pass over the micro-batches already trained in this epoch.
+            skip_micro = state.epoch_step * config.optim.grad_accum
+            micro = -1
+            for micro, batch in enumerate(_synced(_micro_batches(train_shard, processor, config), device)):
+                if micro < skip_micro:
+                    continue
+                loss = engine(**_to_device(batch, device)).loss
+                engine.backward(loss)
+                boundary = engine.is_gradient_accumulation_boundary()
+                engine.step()
+                window.add(loss.detach(), batch)
+                if not boundary:
+                    continue
+                state.step, state.epoch_step = state.step + 1, state.epoch_step + 1
 
-            metrics = window.close(engine, device, state)
-            tracker.log(
-                {f"train/{key}": value for key, value in metrics.items()} | {"trainer/step": state.step},
-                step=state.step,
-            )
-            _maybe_fail(config, state, rank)
+                metrics = window.close(engine, device, state)
+                tracker.log(
+                    {f"train/{key}": value for key, value in metrics.items()} | {"trainer/step": state.step},
+                    step=state.step,
+                )
+                _maybe_fail(config, state, rank)
 
-            is_last = state.step >= total_steps
-            should_save = state.step % config.run.checkpoint_every == 0 or is_last
-            validated = state.step % config.run.eval_every == 0 or should_save
-            if validated:
-                validation = _validate(engine, processor, val_shard, config, device, rank, world)
-                tracker.log({"val/loss": validation.loss, "trainer/step": state.step}, step=state.step)
-                tracker.log_predictions(validation.predictions, step=state.step)
-            report = metrics | {"val_loss": validation.loss, "val_step": validation.step}
-            if should_save:
-                _save_and_report(engine, config, state, report, validation, rank, loop_config.get("trial"))
-                last_saved = state.step
-            elif state.step % config.run.report_every == 0:
-                ray.train.report(report)
-            if validated or should_save:
-                window.restart_clock()  # step throughput excludes validation and checkpoint time
-            if is_last:
-                break
-        if micro < 0:
-            raise RuntimeError(
-                f"epoch {state.epoch}: the train shard yielded no batch (is the train split empty?)"
+                is_last = state.step >= total_steps
+                should_save = state.step % config.run.checkpoint_every == 0 or is_last
+                validated = state.step % config.run.eval_every == 0 or should_save
+                if validated:
+                    validation = _validate(engine, processor, val_shard, config, device, rank, world)
+                    tracker.log({"val/loss": validation.loss, "trainer/step": state.step}, step=state.step)
+                    tracker.log_predictions(validation.predictions, step=state.step)
+                report = metrics | {"val_loss": validation.loss, "val_step": validation.step}
+                if should_save:
+                    _save_and_report(
+                        engine, config, state, report, validation, rank, loop_config.get("trial")
+                    )
+                    last_saved = state.step
+                elif state.step % config.run.report_every == 0:
+                    ray.train.report(report)
+                if validated or should_save:
+                    window.restart_clock()  # step throughput excludes validation and checkpoint time
+                if is_last:
+                    break
+            if micro < 0:
+                raise RuntimeError(
+                    f"epoch {state.epoch}: the train shard yielded no batch (is the train split empty?)"
+                )
+            if state.step < total_steps:
+                state.epoch, state.epoch_step = state.epoch + 1, 0
+        if last_saved != state.step:  # resumed at the very end: keep the contract of a final checkpoint
+            _save_and_report(
+                engine,
+                config,
+                state,
+                {"val_loss": validation.loss},
+                validation,
+                rank,
+                loop_config.get("trial"),
             )
-        if state.step < total_steps:
-            state.epoch, state.epoch_step = state.epoch + 1, 0
-    if last_saved != state.step:  # resumed at the very end: keep the contract of a final checkpoint
-        _save_and_report(
-            engine, config, state, {"val_loss": validation.loss}, validation, rank, loop_config.get("trial")
-        )
+    except BaseException:
+        tracker.finish(exit_code=1)  # flush what rank 0 logged before the failure, marked as failed
+        raise
     tracker.finish()
 
 
