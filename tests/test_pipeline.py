@@ -334,3 +334,18 @@ def test_two_train_workers_read_disjoint_shards_that_cover_the_split(
     split_rows = pipeline.load_split_rows(streaming.data.catalog_dir, "train")
     expected = set(split_rows["product_code"].astype(int)) - set(catalog.expected_rejects)
     assert shards[0] | shards[1] == expected
+
+
+def test_data_prepare_command_writes_reconciled_splits_then_reuses_them(ray_local, catalog, tmp_path, capsys):
+    from phi3v_ray.cli import main
+
+    argv = ["data", "prepare", "--catalog", str(catalog.directory), "--splits", "val,test"]
+    argv += ["--set", f"data.prepared_dir={tmp_path}"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "(ok)" in first and "MISMATCH" not in first
+    entries = sorted(path.name for path in tmp_path.iterdir() if (path / "meta.json").is_file())
+    assert [name.split("-")[0] for name in entries] == ["test", "val"]
+    assert any(name.startswith("test-prompt-") for name in entries)
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("reused") == 2
