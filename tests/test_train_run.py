@@ -97,7 +97,7 @@ def test_planted_failure_is_retried_from_the_last_checkpoint_and_finishes_with_t
 def test_checkpoint_layout_and_best_k_retention(zero2_run):
     config, result, tmp = zero2_run
     run_dir = tmp / "runs" / "zero2"
-    kept = sorted(run_dir.glob("checkpoint_*"))
+    kept = sorted(path for path in run_dir.glob("checkpoint_0*") if path.is_dir())
     assert len(kept) == config.run.keep_best
     scores = {path.name: json.loads((path / "meta.json").read_text())["metrics"]["val_loss"] for path in kept}
     best_path, best_metrics = (

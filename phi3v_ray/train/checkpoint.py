@@ -67,10 +67,11 @@ def _fingerprinted(name: str) -> bool:
 def base_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over a fixed sample of frozen base tensors: proves an adapter is applied to the base it trained on."""
     digest = hashlib.sha256()
+    # Base tensors only: works on the plain base model and on the PEFT-wrapped one (adapters excluded by name).
     named = sorted(
         (_base_name(name), param)
         for name, param in model.named_parameters()
-        if not param.requires_grad and _fingerprinted(name) and "lora_" not in name
+        if _fingerprinted(name) and "lora_" not in name and "modules_to_save" not in name
     )
     for name, param in named:
         digest.update(name.encode())
