@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 HELP = "score checkpoints on held-out products and rank them (leaderboard, plots, W&B)"
@@ -78,50 +77,12 @@ def _build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the evaluation split, run the job, print the leaderboard and what was skipped or broken."""
-    import ray
-
-    from phi3v_ray.data.pipeline import build_prepared_dataset, load_split_rows
-    from phi3v_ray.evaluation.job import EvaluationSettings, evaluate
-    from phi3v_ray.evaluation.trivial import TrivialPredictor
-    from phi3v_ray.evaluation.wandb_report import log_evaluation
+    """Build the evaluation split, run the job, print the leaderboard and where its files are."""
+    from phi3v_ray.evaluation.runner import run_evaluation
 
     config = _build_config(args)
-    section = config.evaluate
-    output_dir = Path(section.output_dir or Path(section.checkpoints[0]) / "evaluation")
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
-    dataset, _rejects = build_prepared_dataset(config, section.split, prompt_only=True)
-    trivial = None
-    if section.include_trivial:
-        train_rows = load_split_rows(config.data.catalog_dir, "train")
-        trivial = TrivialPredictor.fit(
-            train_rows["title"].tolist(),
-            train_rows["category3_code"].tolist(),
-            train_rows["full_price"].tolist(),
-        )
-    settings = EvaluationSettings.from_section(section)
-    result = evaluate(
-        dataset, section.checkpoints, output_dir, settings, trivial=trivial, plots=not args.no_plots
-    )
-
-    print(result.markdown)
-    print(f"\nscored now: {len(result.scored_now)}, reused from cache: {len(result.reused)}")
-    for broken in result.broken:
-        print(f"BROKEN {broken.name}: {broken.reason}")
-    samples = dataset.limit(8).take_all()
-    group = config.wandb.group or Path(section.checkpoints[0]).resolve().name
-    run_dir = log_evaluation(
-        result.leaderboard,
-        result.predictions,
-        samples,
-        section=config.wandb,
-        group=group,
-        directory=config.wandb.dir or str(output_dir),
-        primary_metric=section.primary_metric,
-    )
-    for name, path in result.files.items():
+    outcome = run_evaluation(config, plots=not args.no_plots)
+    print(outcome["markdown"])
+    for name, path in outcome["files"].items():
         print(f"{name}: {path}")
-    if run_dir is not None:
-        print(f"wandb run: {run_dir}")
     return 0
