@@ -137,8 +137,12 @@ class RunSection(Section):
         ge=-1,
         description="retries when workers cannot be scheduled; -1 waits forever (autoscaling), tests use 0",
     )
-    report_every: int = Field(
-        1, ge=1, description="optimizer steps between metric reports to Ray (W&B logs every step)"
+    report_every: int | None = Field(
+        None,
+        ge=1,
+        description="optimizer steps between metric reports to Ray; default: at each validation and checkpoint. "
+        "W&B gets every step regardless. Train V2 holds one report per worker until its controller polls "
+        "(every 2 s), so per-step reports stall fast steps",
     )
     val_generate_samples: int = Field(
         4, ge=0, description="products shown with generated answers at validation"
