@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from phi3v_ray.train.launcher import fit
 
     result = fit(config)  # raises ray.train.TrainingFailedError once retries are used up
-    best = result.best_checkpoints[0] if result.best_checkpoints else None
+    scored = [item for item in result.best_checkpoints if "val_loss" in item[1]]
+    best = min(scored, key=lambda item: item[1]["val_loss"]) if scored else None
     print(f"final metrics: { {k: v for k, v in result.metrics.items() if not k.startswith('_')} }")
     if result.checkpoint:
         print(f"latest checkpoint: {result.checkpoint.path}")

@@ -116,7 +116,12 @@ def build_trainer(
 def fit(config: ExperimentConfig) -> Any:
     """Check capacity, build the prepared datasets, train; returns the ray.train.Result."""
     check_capacity(config)
+    import ray
+
     from phi3v_ray.data.pipeline import build_train_datasets
+
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS picks a running cluster; otherwise a local one (after the capacity check)
 
     result = build_trainer(config, build_train_datasets(config)).fit()
     return result
