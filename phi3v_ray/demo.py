@@ -116,16 +116,22 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict[str, A
             for k in ("WANDB_MODE", "DS_ACCELERATOR", "TOKENIZERS_PARALLELISM")
             if k in os.environ
         }
-        ray.init(log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+        # Ray's CPU counts are logical slots: on a 2-core laptop, 4 slots let two tiny trials (driver + 2 workers
+        # each at 0.25) run beside the Ray Data reader; the tiny model's workers spend much of a step in collectives.
+        ray.init(
+            num_cpus=max(4, os.cpu_count() or 1),
+            log_to_driver=False,
+            runtime_env={"env_vars": env} if env else None,
+        )
 
     t0 = _stage(
         3, total, "preprocess train/val/test once with Ray Data (uint8 HD canvases + token ids)", echo
     )
-    from phi3v_ray.data.prepared import write_prepared_split
+    from phi3v_ray.data.pipeline import write_prepared_split
 
     for split, prompt_only in (("train", False), ("val", False), ("test", True)):
-        summary = write_prepared_split(config, split, prompt_only=prompt_only)
-        echo(f"  {split}: {summary}")
+        _entry, summary, reused = write_prepared_split(config, split, prompt_only=prompt_only)
+        echo(f"  {split}: {summary}" + (" (reused)" if reused else ""))
     timings["prepare"] = time.perf_counter() - t0
 
     t0 = _stage(
@@ -137,8 +143,7 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict[str, A
     )
     from phi3v_ray.tune.sweep import run_sweep
 
-    outcome = run_sweep(config, echo=echo)
-    echo(outcome.table)
+    outcome = run_sweep(config, echo=echo)  # prints the trial table itself
     timings["sweep"] = time.perf_counter() - t0
 
     t0 = _stage(5, total, "evaluate every checkpoint + base + trivial predictor on held-out products", echo)
