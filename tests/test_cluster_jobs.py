@@ -217,3 +217,56 @@ def test_job_submit_runs_on_the_two_node_cluster_and_sees_both_nodes(
     assert resources[HEAD_MARKER] == 1 and resources[WORKER_MARKER] == 1
     assert resources["CPU"] == 3  # 2 on the head + 1 on the worker node
     assert "NODES=2" in result.stdout
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_job_submit_of_a_tiny_training_run_lands_its_checkpoint_in_the_storage_path(
+    two_node_cluster: TwoNodeCluster, tmp_path: Path
+) -> None:
+    """The user's cluster path: `ray job submit --working-dir . -- phi3v-ray train ...` with a runtime env."""
+    from phi3v_ray.data.split import split_catalog
+    from phi3v_ray.data.synth import synth_catalog
+
+    catalog = tmp_path / "catalog"
+    synth_catalog(catalog, 60, seed=11)
+    split_catalog(catalog, ratios=(0.6, 0.3, 0.1))
+    storage = tmp_path / "runs"
+    overrides = {
+        "data.catalog_dir": str(catalog),
+        "data.max_train_examples": 8,
+        "data.max_eval_examples": 4,
+        "run.storage_path": str(storage),
+        "run.name": "job-run",
+        "run.max_steps": 2,
+        "run.eval_every": 2,
+        "run.checkpoint_every": 2,
+        "run.val_generate_samples": 0,
+        "wandb.mode": "offline",
+        "wandb.dir": str(tmp_path / "wandb"),
+    }
+    set_flags = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    runtime_env = {"env_vars": {"WANDB_MODE": "offline", "DS_ACCELERATOR": "cpu"}}
+    result = subprocess.run(
+        [
+            RAY_BIN, "job", "submit",
+            f"--address={two_node_cluster.dashboard_url}",
+            f"--working-dir={REPO_ROOT}",
+            f"--runtime-env-json={json.dumps(runtime_env)}",
+            "--",
+            "python", "-m", "phi3v_ray.cli", "train", "experiments/demo.yaml", *set_flags,
+        ],
+        env=two_node_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout
+    checkpoints = sorted((storage / "job-run").glob("checkpoint_*"))
+    assert checkpoints, f"no checkpoint under {storage / 'job-run'}: {list(storage.rglob('*'))[:20]}"
+    latest = checkpoints[-1]
+    meta = json.loads((latest / "meta.json").read_text())
+    assert meta["step"] == 2
+    assert (latest / "adapter" / "adapter_model.safetensors").is_file()
