@@ -52,14 +52,22 @@ def build_examples(processor: Phi3VProcessor, count: int, seed: int) -> list[dic
 def warm_start_tiny_base(
     out_dir: str | Path,
     *,
-    steps: int = 400,
-    examples: int = 400,
+    steps: int = 1000,
+    examples: int = 1500,
     batch_size: int = 16,
-    lr: float = 2e-3,
+    lr: float = 1e-3,
     seed: int = 1234,
     progress: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
-    """Full fine-tune of the tiny preset on captions; saves model + tokenizer to out_dir (official layout)."""
+    """Full fine-tune of the tiny preset on captions; saves model + tokenizer to out_dir (official layout).
+
+    The defaults are measured, not guessed. Colour (a pooled feature) is learned within ~100 steps, but the shape
+    noun needs the decoder's attention to pick out where the silhouette lies among the image tokens, and the
+    loss sits on a plateau (~0.25, text prior only) before that happens. 400 steps on 400 images at lr 2e-3 stop on
+    the plateau: held-out noun accuracy was 14% (chance ~8%; noun-only captions, 64 held-out images). More steps
+    on more images at a lower lr get past it: 1000 steps on 1500 images at lr 1e-3 gave 66% held-out noun
+    and 95% colour accuracy. lr 1e-2, or 1e-2 on the vision side only, did worse than 2e-3; 1e-3 did better.
+    """
     torch.manual_seed(seed)
     model, tokenizer = load_model("tiny")
     processor = Phi3VProcessor.from_config(model.config, tokenizer)
