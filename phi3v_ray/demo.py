@@ -28,8 +28,8 @@ class DemoPlan:
     trials: int = 4
     concurrent_trials: int = 2
     max_steps: int = 120
-    warm_start_steps: int = 500
-    warm_start_examples: int = 1600
+    warm_start_steps: int = 1000
+    warm_start_examples: int = 1500
     eval_examples: int = 64
     seed: int = 0
     extra_overrides: list[str] = field(default_factory=list)

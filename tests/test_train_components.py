@@ -180,7 +180,7 @@ def test_dry_run_prints_config_placement_steps_and_memory(capsys, tmp_path):
     assert train.run(args) == 0
     out = capsys.readouterr().out
     assert "# resolved config" in out and "zero_stage: 2" in out
-    assert "2 Ray Train workers x {'CPU': 0.5}" in out
+    assert "2 Ray Train workers x {'CPU': 0.25}" in out
     assert "40 training products / 4 samples per optimizer step" in out and "= 10 steps per epoch" in out
     assert "activations" in out and "A100-80GB" in out
     assert ray.is_initialized() == was_running

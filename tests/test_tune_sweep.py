@@ -76,7 +76,7 @@ def asha_sweep(
             "tune.scheduler=asha",
             "tune.grace_period=1",
             "tune.reduction_factor=2",
-            "tune.max_concurrent_trials=3",
+            "tune.max_concurrent_trials=2",  # 2 x 1.0 CPU of 4 leaves room for Ray Data read tasks
         ],
     )
     return config, run_sweep(config)
@@ -160,7 +160,7 @@ def _finished_trials(sweep_dir: Path) -> int:
 def test_interrupted_sweep_resumes_only_the_missing_trials(ray_local, catalog: Path, tmp_path: Path) -> None:
     overrides = [
         *_overrides(catalog, tmp_path / "runs", "resume"),
-        "tune.search_space={lora.rank: {choice: [4, 8]}, optim.lr: {grid: [5.0e-3, 2.0e-3, 1.0e-3]}}",
+        "tune.search_space={lora.rank: {choice: [4, 8]}, optim.lr: {grid: [5.0e-3, 1.0e-3]}}",
         "tune.num_samples=1",
         "tune.scheduler=fifo",
         "tune.max_concurrent_trials=1",
@@ -183,7 +183,7 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(ray_local, catalog: P
     assert driver.returncode == 130, log.read_text()[-3000:]
     first = read_results_csv(sweep_dir / "sweep_results.csv")
     done_before = set(first.loc[first["status"] == FINISHED, "trial_id"])
-    assert 1 <= len(done_before) < 3 and "interrupted" in set(first["status"])
+    assert len(done_before) == 1 and "interrupted" in set(first["status"])
     checkpoints_before = {
         t: sorted(p.name for p in (sweep_dir / t).glob("checkpoint_*")) for t in done_before
     }
@@ -192,9 +192,9 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(ray_local, catalog: P
     outcome = run_sweep(config, resume=True)
 
     assert outcome.resumed
-    assert len(outcome.rows) == 3 and {r.status for r in outcome.rows} == {FINISHED}
+    assert len(outcome.rows) == 2 and {r.status for r in outcome.rows} == {FINISHED}
     table = read_results_csv(outcome.results_csv)
-    assert set(table["trial_id"]) >= done_before and len(table) == 3
+    assert set(table["trial_id"]) >= done_before and len(table) == 2
     for trial_id in done_before:  # not rerun: no new checkpoint, no second W&B run folder
         assert (
             sorted(p.name for p in (sweep_dir / trial_id).glob("checkpoint_*"))
