@@ -104,10 +104,18 @@ def hd_canvas(image: Image.Image, num_crops: int = 16, crop_size: int = 336) -> 
         rgb = rgb.transpose(Image.Transpose.TRANSPOSE)
     resized = rgb.resize((resized_w, resized_h), Image.Resampling.BILINEAR)
     top = int((padded_h - resized_h) / 2)
-    canvas_hwc = np.full((padded_h, resized_w, 3), 255, dtype=np.uint8)
-    canvas_hwc[top : top + resized_h] = np.asarray(resized, dtype=np.uint8)
-    channels_first = canvas_hwc.transpose(2, 1, 0) if transposed else canvas_hwc.transpose(2, 0, 1)
-    return np.ascontiguousarray(channels_first)
+    if transposed:
+        # Back to portrait with PIL (a cheap C transpose); the white padding then sits left and right.
+        resized = resized.transpose(Image.Transpose.TRANSPOSE)
+        canvas = np.full((3, resized_w, padded_h), 255, dtype=np.uint8)
+        target = (slice(None), slice(top, top + resized_h))
+    else:
+        canvas = np.full((3, padded_h, resized_w), 255, dtype=np.uint8)
+        target = (slice(top, top + resized_h), slice(None))
+    # Written channel by channel straight into the channels-first canvas: no HWC copy and no transpose copy.
+    for channel, band in enumerate(resized.split()):
+        canvas[(channel, *target)] = np.asarray(band, dtype=np.uint8)
+    return canvas
 
 
 def placeholder_numbers(text: str) -> list[int]:
