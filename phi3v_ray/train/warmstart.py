@@ -17,21 +17,49 @@ from pathlib import Path
 
 import torch
 
-from phi3v_ray.data.synth import NOUNS, build_table, draw_product
-from phi3v_ray.data.vocabulary import COLOURS
+from phi3v_ray.data.synth import NOUNS, STYLES, build_table, draw_product
+from phi3v_ray.data.vocabulary import CATEGORIES, COLOURS, MATERIALS, PATTERNS
 from phi3v_ray.model.loading import load_model, save_pretrained
 from phi3v_ray.model.processing import Phi3VProcessor
 
 WARMUP_PROMPT = "Describe the object."
+KNOWLEDGE_PROMPT = "What kind of thing is this?"
+KNOWLEDGE_EVERY = 4  # every 4th warm-start step is a batch of text-only world-knowledge lines
 COLOUR_NAMES = {rgb: name for name, rgb in COLOURS.items()}
 
 
 def describe(silhouette: str, colour: tuple[int, int, int], pattern: str, material: str) -> str:
-    """The warm-start caption: words a pretrained model would know, in a format unlike the product answer."""
-    pattern_words = "" if pattern == "Plain" else f" with a {pattern.lower()} pattern"
-    return (
-        f"A {COLOUR_NAMES[colour].lower()} {NOUNS[silhouette].lower()} in {material.lower()}{pattern_words}."
-    )
+    """The warm-start caption: words a pretrained model would know, in a format unlike the product answer.
+
+    Written in the catalog's capitalisation ("A Navy Check Leather Wallet.") on purpose: the tiny tokenizer has one
+    token per catalog word ("▁Wallet", "▁Navy"), while lower-case words fall apart into sub-word pieces
+    ("▁", "w", "all", "et"). Lower-case captions trained the pieces and left the catalog words' embeddings random
+    (and frozen under LoRA), as a real pretrained model's would never be.
+    """
+    pattern_word = "" if pattern == "Plain" else f"{pattern} "
+    return f"A {COLOUR_NAMES[colour]} {pattern_word}{material} {NOUNS[silhouette]}."
+
+
+def knowledge_lines(count: int, seed: int) -> list[tuple[str, str]]:
+    """Text-only (question, answer) world knowledge: which kind of product a named thing is.
+
+    A pretrained model knows that a trench coat is one of the TRENCH COATS (outerwear) and has seen the category
+    words; the tiny base has not, so their embeddings and lm_head rows would stay random and, under LoRA, frozen.
+    These lines name things in the catalog's vocabulary (style, pattern, material, noun, colour) and say which
+    category they belong to, in a sentence form — never the product answer format, never prices, no images.
+    """
+    rng = random.Random(seed)
+    kinds = [(c3, c2, NOUNS[silhouette]) for c3, (c2, silhouette, _) in CATEGORIES.items()]
+    colours, materials, patterns = list(COLOURS), list(MATERIALS), list(PATTERNS)
+    lines = [(f"What is a {noun}?", f"A {noun} is one of the {c3}, in {c2}.") for c3, c2, noun in kinds]
+    while len(lines) < count:
+        c3, c2, noun = rng.choice(kinds)
+        pattern = rng.choice(patterns)
+        name = f"{rng.choice(STYLES)} {'' if pattern == 'Plain' else pattern + ' '}{rng.choice(materials)} {noun}"
+        if rng.random() < 0.75:
+            name += f" in {rng.choice(colours)}"
+        lines.append((KNOWLEDGE_PROMPT + f" {name}", f"The {name} is one of the {c3}, in {c2}."))
+    return lines
 
 
 def build_examples(processor: Phi3VProcessor, count: int, seed: int) -> list[dict]:
@@ -47,6 +75,14 @@ def build_examples(processor: Phi3VProcessor, count: int, seed: int) -> list[dic
         text = processor.prompt_text(WARMUP_PROMPT)
         examples.append(processor.encode(text, [image], caption))
     return examples
+
+
+def build_knowledge(processor: Phi3VProcessor, count: int, seed: int) -> list[dict]:
+    """Encoded text-only knowledge lines (no image placeholder, answer-only labels)."""
+    return [
+        processor.encode(processor.prompt_text(question, image_count=0), [], answer)
+        for question, answer in knowledge_lines(count, seed)
+    ]
 
 
 def warm_start_tiny_base(
@@ -67,11 +103,17 @@ def warm_start_tiny_base(
     the plateau: held-out noun accuracy was 14% (chance ~8%; noun-only captions, 64 held-out images). More steps
     on more images at a lower lr get past it: 1000 steps on 1500 images at lr 1e-3 gave 66% held-out noun
     and 95% colour accuracy. lr 1e-2, or 1e-2 on the vision side only, did worse than 2e-3; 1e-3 did better.
+
+    Every KNOWLEDGE_EVERY-th step trains on text-only world-knowledge lines (knowledge_lines) instead, and the
+    captions use the catalog's word tokens (see describe). Before both, LoRA on this base (rank 16, lr 3e-3, 300
+    steps, batch 16, 540 training rows) reached 11.7% held-out category accuracy, about the majority rate (10%);
+    with both, 30% (60 held-out rows), and the warm start took 85 s (1000 steps).
     """
     torch.manual_seed(seed)
     model, tokenizer = load_model("tiny")
     processor = Phi3VProcessor.from_config(model.config, tokenizer)
     pairs = build_examples(processor, examples, seed)
+    knowledge = build_knowledge(processor, max(examples // 2, batch_size), seed + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / max(steps, 1))
     sampler = random.Random(seed)
@@ -79,7 +121,8 @@ def warm_start_tiny_base(
     started = time.perf_counter()
     first_loss = last_loss = float("nan")
     for step in range(steps):
-        batch = processor.collate(sampler.sample(pairs, batch_size), padding_side="right")
+        source = knowledge if step % KNOWLEDGE_EVERY == KNOWLEDGE_EVERY - 1 else pairs
+        batch = processor.collate(sampler.sample(source, batch_size), padding_side="right")
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
