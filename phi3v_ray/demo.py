@@ -27,7 +27,7 @@ class DemoPlan:
     rows: int = 900
     trials: int = 4
     concurrent_trials: int = 2
-    max_steps: int = 120
+    max_steps: int = 200
     warm_start_steps: int = 1000
     warm_start_examples: int = 1500
     eval_examples: int = 64

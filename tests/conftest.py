@@ -39,11 +39,14 @@ def official_files() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One real local Ray cluster shared by the whole test session (4 logical CPUs on a 2-core machine)."""
+    """One real local Ray cluster shared by the whole test session (8 logical CPUs on a 2-core machine).
+
+    Logical slots, not cores: concurrent tiny trials hold CPU bundles while mostly waiting, and Ray Data read
+    tasks need free slots outside those bundles, or a sweep starves its own data feed."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False,
+        ray.init(num_cpus=8, include_dashboard=True, log_to_driver=False,
                  runtime_env={"env_vars": {"WANDB_MODE": "offline", "DS_ACCELERATOR": "cpu",
                                            "TOKENIZERS_PARALLELISM": "false"}})
     yield ray

@@ -241,6 +241,7 @@ def test_job_submit_of_a_tiny_training_run_lands_its_checkpoint_in_the_storage_p
         "run.name": "job-run",
         "run.max_steps": 2,
         "run.eval_every": 2,
+        "optim.micro_batch": 2,
         "run.checkpoint_every": 2,
         "run.val_generate_samples": 0,
         "wandb.mode": "offline",

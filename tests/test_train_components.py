@@ -175,7 +175,9 @@ def test_dry_run_prints_config_placement_steps_and_memory(capsys, tmp_path):
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
     demo = "experiments/demo.yaml"
-    args = parser.parse_args([demo, "--dry-run", "--set", f"data.catalog_dir={tmp_path}"])
+    args = parser.parse_args(
+        [demo, "--dry-run", "--set", f"data.catalog_dir={tmp_path}", "--set", "optim.micro_batch=2"]
+    )
     was_running = ray.is_initialized()
     assert train.run(args) == 0
     out = capsys.readouterr().out

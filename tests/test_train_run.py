@@ -32,6 +32,7 @@ COMMON = (
     "run.val_generate_samples=2",
     "evaluate.max_new_tokens=8",
     "data.length_grouping=false",
+    "optim.micro_batch=2",
 )
 
 

@@ -36,6 +36,7 @@ def _overrides(catalog: Path, storage: Path, name: str) -> list[str]:
         "data.max_eval_examples=4",
         "run.max_steps=4",
         "run.eval_every=2",
+        "optim.micro_batch=2",
         "run.checkpoint_every=2",
         "run.val_generate_samples=0",
         "run.max_failures=0",

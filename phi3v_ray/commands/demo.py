@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=900, help="products in the sample catalog (default 900)")
     parser.add_argument("--trials", type=int, default=4, help="sweep trials (default 4)")
     parser.add_argument("--concurrent", type=int, default=2, help="trials running at once (default 2)")
-    parser.add_argument("--steps", type=int, default=120, help="optimizer steps per trial (default 120)")
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per trial (default 200)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
 
 
