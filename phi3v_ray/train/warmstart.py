@@ -110,6 +110,9 @@ def warm_start_tiny_base(
     with both, 30% (60 held-out rows), and the warm start took 85 s (1000 steps).
     """
     torch.manual_seed(seed)
+    # A 128-wide model's matmuls are too small to split across threads: one thread is several times faster,
+    # and multi-threaded torch collapses when anything else (Ray, a browser) wants the same cores.
+    torch.set_num_threads(1)
     model, tokenizer = load_model("tiny")
     processor = Phi3VProcessor.from_config(model.config, tokenizer)
     pairs = build_examples(processor, examples, seed)
