@@ -58,3 +58,13 @@ def test_requested_concurrency_beyond_capacity_is_refused_but_within_it_is_kept(
 def test_a_cluster_that_may_grow_trusts_the_requested_concurrency() -> None:
     config = _config(scaling={"num_workers": 4, "use_gpu": True}, tune={"max_concurrent_trials": 4})
     assert max_concurrent_trials(config, {"CPU": 8.0}, may_grow=True) == 4
+
+
+def test_variant_search_carries_the_concurrency_cap_tune_would_otherwise_ignore() -> None:
+    """Tune ignores max_concurrent_trials for a generator passed as search_alg; ours must hold the cap itself."""
+    from phi3v_ray.config import ExperimentConfig
+    from phi3v_ray.tune.sweep import build_search_alg
+
+    for algorithm in ("random", "grid"):
+        config = ExperimentConfig.model_validate({"tune": {"search_alg": algorithm}})
+        assert build_search_alg(config, 2).max_concurrent == 2

@@ -180,15 +180,19 @@ def build_scheduler(config: ExperimentConfig, total_steps: int | None) -> Any:
     )
 
 
-def build_search_alg(config: ExperimentConfig) -> Any:
-    """Random and grid use Tune's variant generator (seeded by run.seed); optuna uses TPE, seeded the same way."""
+def build_search_alg(config: ExperimentConfig, max_concurrent: int = 0) -> Any:
+    """Random and grid use Tune's variant generator (seeded by run.seed); optuna uses TPE, seeded the same way.
+
+    The variant generator must carry the concurrency cap itself: Tune ignores `max_concurrent_trials` for a
+    generator passed in as `search_alg` (it only wraps `Searcher`s such as Optuna in a ConcurrencyLimiter).
+    """
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     if config.tune.search_alg == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(seed=config.run.seed)
-    return BasicVariantGenerator(random_state=config.run.seed)
+    return BasicVariantGenerator(random_state=config.run.seed, max_concurrent=max_concurrent)
 
 
 def run_sweep(
@@ -263,7 +267,7 @@ def run_sweep(
                 mode=config.tune.mode,
                 num_samples=config.tune.num_samples,
                 max_concurrent_trials=concurrency,
-                search_alg=build_search_alg(config),
+                search_alg=build_search_alg(config, concurrency),
                 scheduler=build_scheduler(config, planned_steps(config, train_rows)),
                 reuse_actors=False,
             ),
