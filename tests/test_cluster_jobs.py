@@ -31,7 +31,7 @@ VENV_BIN = Path(sys.executable).parent
 RAY_BIN = str(VENV_BIN / "ray")
 HEAD_MARKER = "phi3v_test_head"
 WORKER_MARKER = "phi3v_test_worker"
-START_TIMEOUT_S = 150
+START_TIMEOUT_S = 300
 
 
 @dataclass
