@@ -110,6 +110,21 @@ def first_stop(ids: Sequence[int], stop_ids: set[int]) -> list[int]:
     return kept
 
 
+def _use_reserved_cpus(torch: Any) -> None:
+    """Inside a Ray actor, run torch on as many threads as CPUs the actor reserved (Ray sets OMP_NUM_THREADS=1
+    for 1-CPU actors, which would also pin a 4-CPU actor to one thread); outside Ray leave torch's default."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # not in a Ray worker, or no runtime context: keep the default
+        return
+    if cpus:
+        torch.set_num_threads(max(1, int(cpus)))
+
+
 class CheckpointPredictor:
     """Ray Data class UDF: answers every product in a batch with every contestant, one row per pair."""
 
@@ -121,6 +136,7 @@ class CheckpointPredictor:
         max_new_tokens: int = 48,
         dtype: str = "float32",
         attention: str = "sdpa",
+        max_rows_per_generate: int = 128,
     ) -> None:
         import torch
 
@@ -128,7 +144,9 @@ class CheckpointPredictor:
         from phi3v_ray.model.processing import Phi3VProcessor
 
         self.torch = torch
+        _use_reserved_cpus(torch)
         self.max_new_tokens = max_new_tokens
+        self.max_rows_per_generate = max_rows_per_generate
         self.model, tokenizer = load_model(base_source, dtype=dtype, attention=attention)
         self.model.eval()
         self.processor = Phi3VProcessor.from_config(self.model.config, tokenizer)
@@ -171,10 +189,11 @@ class CheckpointPredictor:
             raise
         self.adapter_names[spec.name] = adapter_name
 
-    def _generate(self, model: Any, batch: dict[str, Any]) -> list[str]:
+    def _generate(self, model: Any, batch: dict[str, Any], **extra: Any) -> list[str]:
         """Greedy generation with KV cache for a left-padded batch; returns the decoded answer of each row."""
         output = model.generate(
             **batch,
+            **extra,
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
             use_cache=True,
@@ -197,6 +216,39 @@ class CheckpointPredictor:
             self.peft_model.set_adapter(self.adapter_names[spec.name])
             return self._generate(self.model, batch)
 
+    def _mixed_groups(self, size: int) -> list[list[ContestantSpec]]:
+        """Contestants answered together in one mixed-adapter generate (LoRA adapters, and the base as `__base__`),
+        chunked so one generate holds at most `max_rows_per_generate` rows (and at least one contestant)."""
+        if self.peft_model is None:
+            return []
+        mixable = [
+            spec
+            for spec in self.specs
+            if spec.name not in self.load_errors and (spec.kind == "lora" or spec.kind == "base")
+        ]
+        per_chunk = max(1, self.max_rows_per_generate // max(1, size))
+        return [mixable[i : i + per_chunk] for i in range(0, len(mixable), per_chunk)]
+
+    def mixed_answers(self, specs: list[ContestantSpec], examples: list[dict[str, Any]]) -> list[list[str]]:
+        """Every row's answer from several contestants in one generate: the batch repeated once per contestant,
+        each copy routed to its own adapter by peft's `adapter_names` (the base copy uses `__base__`).
+
+        One generate over len(specs) × len(examples) rows instead of len(specs) generates: the per-step overhead of
+        the small model dominates on CPU, so this is where the job's batching pays. Each row still sees exactly the
+        weights it would under set_adapter; only the batch it shares a matmul with changes.
+        """
+        collated = self.processor.collate(examples * len(specs), padding_side="left")
+        collated.pop("labels", None)
+        names = [
+            "__base__" if spec.kind == "base" else self.adapter_names[spec.name]
+            for spec in specs
+            for _ in examples
+        ]
+        with self.torch.inference_mode():
+            answers = self._generate(self.peft_model, collated, adapter_names=names)
+        size = len(examples)
+        return [answers[k * size : (k + 1) * size] for k in range(len(specs))]
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One numpy batch of prompt-only prepared examples in, len(batch) × len(contestants) evaluation rows out."""
         size = len(batch["input_ids"])
@@ -208,12 +260,22 @@ class CheckpointPredictor:
             }
             for i in range(size)
         ]
-        collated = self.processor.collate(examples, padding_side="left")
-        collated.pop("labels", None)
+        answered: dict[str, list[str]] = {}
+        for group in self._mixed_groups(size):
+            answered.update(zip((spec.name for spec in group), self.mixed_answers(group, examples)))
+        collated: dict[str, Any] | None = None
         columns: dict[str, list[Any]] = {name: [] for name in OUTPUT_COLUMNS}
         for spec in self.specs:
             load_error = self.load_errors.get(spec.name)
-            answers = [None] * size if load_error else self.answers_for(spec, collated)
+            if load_error:
+                answers: list[str | None] = [None] * size
+            elif spec.name in answered:
+                answers = list(answered[spec.name])
+            else:
+                if collated is None:
+                    collated = self.processor.collate(examples, padding_side="left")
+                    collated.pop("labels", None)
+                answers = list(self.answers_for(spec, collated))
             for i, answer in enumerate(answers):
                 parsed = parse_answer(answer) if answer is not None else None
                 columns["checkpoint"].append(spec.name)
