@@ -31,7 +31,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument(
-        "--cpus-per-actor", type=float, default=1.0, help="CPUs the predictor actor reserves (= its torch threads)"
+        "--cpus-per-actor",
+        type=float,
+        default=1.0,
+        help="CPUs the predictor actor reserves (= its torch threads)",
     )
     parser.add_argument(
         "--train-steps", type=int, default=3, help="steps per adapter (makes adapters differ)"
@@ -121,7 +124,9 @@ def main() -> None:
     print(
         f"{'  job without ray.init (actor start-up in)':<40}{map_seconds:>10.1f}{pairs / map_seconds:>12.2f}"
     )
-    print(f"speed-up: {job_rate / naive_rate:.2f}x (with Ray start-up), {naive_seconds / map_seconds:.2f}x (Ray already up)")
+    print(
+        f"speed-up: {job_rate / naive_rate:.2f}x (with Ray start-up), {naive_seconds / map_seconds:.2f}x (Ray already up)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def official_files() -> Path:
     """The official Phi-3-Vision config and tokenizer files (no weights)."""
     path = official_dir()
     if path is None:
-        pytest.skip("official Phi-3-Vision files not available: set PHI3V_OFFICIAL_DIR to a checkpoint directory")
+        pytest.skip(
+            "official Phi-3-Vision files not available: set PHI3V_OFFICIAL_DIR to a checkpoint directory"
+        )
     return path
 
 
@@ -46,7 +48,16 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=True, log_to_driver=False,
-                 runtime_env={"env_vars": {"WANDB_MODE": "offline", "DS_ACCELERATOR": "cpu",
-                                           "TOKENIZERS_PARALLELISM": "false"}})
+        ray.init(
+            num_cpus=8,
+            include_dashboard=True,
+            log_to_driver=False,
+            runtime_env={
+                "env_vars": {
+                    "WANDB_MODE": "offline",
+                    "DS_ACCELERATOR": "cpu",
+                    "TOKENIZERS_PARALLELISM": "false",
+                }
+            },
+        )
     yield ray

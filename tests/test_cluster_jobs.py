@@ -248,12 +248,17 @@ def test_job_submit_of_a_tiny_training_run_lands_its_checkpoint_in_the_storage_p
         "wandb.dir": str(tmp_path / "wandb"),
     }
     set_flags = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    # The job ships only the experiment file; the project itself is installed on every node, as cluster.yaml's
+    # setup_commands do on a real cluster.
+    job_dir = tmp_path / "job"
+    (job_dir / "experiments").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "experiments" / "demo.yaml", job_dir / "experiments" / "demo.yaml")
     runtime_env = {"env_vars": {"WANDB_MODE": "offline", "DS_ACCELERATOR": "cpu"}}
     result = subprocess.run(
         [
             RAY_BIN, "job", "submit",
             f"--address={two_node_cluster.dashboard_url}",
-            f"--working-dir={REPO_ROOT}",
+            f"--working-dir={job_dir}",
             f"--runtime-env-json={json.dumps(runtime_env)}",
             "--",
             "python", "-m", "phi3v_ray.cli", "train", "experiments/demo.yaml", *set_flags,

@@ -158,6 +158,15 @@ def _finished_trials(sweep_dir: Path) -> int:
     return count
 
 
+def _started_trials(sweep_dir: Path) -> int:
+    """Trials whose Train run has started (each writes a storage marker into <sweep>/<trial id>/ first)."""
+    if not sweep_dir.is_dir():
+        return 0
+    return sum(
+        (child / ".validate_storage_marker").exists() for child in sweep_dir.iterdir() if child.is_dir()
+    )
+
+
 def test_interrupted_sweep_resumes_only_the_missing_trials(ray_local, catalog: Path, tmp_path: Path) -> None:
     overrides = [
         *_overrides(catalog, tmp_path / "runs", "resume"),
@@ -177,7 +186,11 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(ray_local, catalog: P
     with log.open("w") as sink:  # a file, not a pipe: Tune's progress output would fill a pipe and block it
         driver = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 900
-    while _finished_trials(sweep_dir) < 1 and driver.poll() is None and time.monotonic() < deadline:
+    while (
+        (_finished_trials(sweep_dir) < 1 or _started_trials(sweep_dir) < 2)
+        and driver.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(2)
     driver.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops the running trial
     driver.wait(timeout=300)

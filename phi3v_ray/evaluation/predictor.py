@@ -262,7 +262,9 @@ class CheckpointPredictor:
         ]
         answered: dict[str, list[str]] = {}
         for group in self._mixed_groups(size):
-            answered.update(zip((spec.name for spec in group), self.mixed_answers(group, examples)))
+            answered.update(
+                zip((spec.name for spec in group), self.mixed_answers(group, examples), strict=True)
+            )
         collated: dict[str, Any] | None = None
         columns: dict[str, list[Any]] = {name: [] for name in OUTPUT_COLUMNS}
         for spec in self.specs:
