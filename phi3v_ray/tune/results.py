@@ -267,7 +267,8 @@ def log_sweep_summary(
     header = columns(hyperparameter_keys, metric)
     table = wandb.Table(columns=header)
     for record in as_records(rows, hyperparameter_keys, metric):
-        table.add_data(*[("" if record[h] is None else record[h]) for h in header])
+        # W&B types each column from its values: a missing number must be None, never ""
+        table.add_data(*[(None if record[h] in ("", None) else record[h]) for h in header])
     Path(directory).mkdir(parents=True, exist_ok=True)
     run = wandb.init(
         project=wandb_section.project,
