@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from image_bombs import write_pixel_bomb_png
 from PIL import Image
 
 from phi3v_ray.data import images
@@ -123,25 +122,9 @@ def test_extreme_but_representable_aspect_ratio_is_kept(tmp_path: Path) -> None:
     assert decode_image(path).ok
 
 
-def _write_bomb_png(path: Path, width: int, height: int) -> Path:
-    """A valid 1-bit PNG of width×height that is small on disk, written without holding its pixels in memory."""
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (1 + (width + 7) // 8)
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
-    )
-    return path
-
-
 def test_pixel_bomb_is_refused_before_its_pixels_are_decoded(tmp_path: Path) -> None:
     # 20000×20000 pixels (400 MP, 1.2 GB as RGB) in well under a megabyte: only the header may be read.
-    path = _write_bomb_png(tmp_path / "bomb.png", 20000, 20000)
+    path = write_pixel_bomb_png(tmp_path / "bomb.png", 20000, 20000)
     assert path.stat().st_size < 1_000_000
     decoded = decode_image(path, max_pixels=50_000_000)
     assert decoded.reason == images.REASON_TOO_MANY_PIXELS
@@ -149,7 +132,7 @@ def test_pixel_bomb_is_refused_before_its_pixels_are_decoded(tmp_path: Path) -> 
 
 
 def test_image_over_pils_own_bomb_limit_is_a_reason_not_an_exception(tmp_path: Path) -> None:
-    path = _write_bomb_png(tmp_path / "huge.png", 14000, 14000)  # 196 MP: over PIL's own 2× limit
+    path = write_pixel_bomb_png(tmp_path / "huge.png", 14000, 14000)  # 196 MP: over PIL's own 2× limit
     decoded = decode_image(path, max_pixels=10**10)
     assert decoded.reason == images.REASON_TOO_MANY_PIXELS
 

@@ -7,8 +7,6 @@ cores; the cache and Ray Train tests run the config-level entry points for real.
 from __future__ import annotations
 
 import dataclasses
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from image_bombs import write_pixel_bomb_png
 from PIL import Image
 
 from phi3v_ray.config import ExperimentConfig
@@ -27,21 +26,6 @@ from phi3v_ray.data.synth import synth_catalog
 from phi3v_ray.model.processing import IGNORE_INDEX, hd_canvas, num_image_tokens
 
 PIPELINE_MAX_PIXELS = 4_000_000
-
-
-def write_pixel_bomb_png(path: Path, width: int, height: int) -> None:
-    """A valid 1-bit PNG of width×height pixels that is tiny on disk, written without ever holding its pixels."""
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (1 + (width + 7) // 8)
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
-    )
 
 
 @dataclasses.dataclass
