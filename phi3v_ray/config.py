@@ -175,6 +175,12 @@ class DataSection(Section):
     max_eval_examples: int | None = Field(None, ge=1)
     length_grouping: bool = True
     preprocess_cpus: float = Field(1.0, gt=0)
+    worker_cache_mb: float = Field(
+        2048,
+        ge=0,
+        description="a Train worker keeps its train/val shard in memory after one full pass when it fits under "
+        "this size, so later epochs and validations skip re-reading (0 = always stream)",
+    )
 
     @field_validator("ratios")
     @classmethod

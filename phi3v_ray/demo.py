@@ -141,8 +141,12 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict[str, A
         f"{config.deepspeed.zero_stage}, LoRA), {plan.concurrent_trials} at once, W&B offline",
         echo,
     )
+    from phi3v_ray.train.deepspeed import prebuild_cpu_comm_op
     from phi3v_ray.tune.sweep import run_sweep
 
+    skipped = prebuild_cpu_comm_op()
+    if skipped:
+        echo(f"  DeepSpeed CPU comm op not prebuilt ({skipped}); workers will load it themselves")
     outcome = run_sweep(config, echo=echo)  # prints the trial table itself
     timings["sweep"] = time.perf_counter() - t0
 

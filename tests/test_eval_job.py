@@ -175,3 +175,32 @@ def test_batched_generation_equals_one_at_a_time(sweep, processor) -> None:
         together = batched["prediction"][batched["checkpoint"] == contestant].tolist()
         alone = [single["prediction"][single["checkpoint"] == contestant][0] for single in singles]
         assert together == alone
+
+
+def test_mixed_adapter_generate_equals_one_contestant_at_a_time(sweep, processor) -> None:
+    """The trained adapter carries a projector (as training writes it); routing it per row must not change answers."""
+    from phi3v_ray.evaluation.predictor import CheckpointPredictor
+
+    contestants = [
+        {"name": "base", "kind": "base", "path": None, "content_key": "b"},
+        {"name": "trained", "kind": "lora", "path": str(sweep / "trial_a" / "checkpoint_000150" / "adapter")},
+        {
+            "name": "untrained",
+            "kind": "lora",
+            "path": str(sweep / "trial_b" / "checkpoint_000000" / "adapter"),
+        },
+    ]
+    predictor = CheckpointPredictor(
+        "tiny", [{"content_key": c["name"]} | c for c in contestants], max_new_tokens=MAX_NEW_TOKENS
+    )
+    assert predictor._adapters_routable_per_row(), (
+        "the projector is saved layer by layer, so rows can be routed"
+    )
+    examples = prepared_rows(processor, with_answer=False, widths=[56, 112, 56, 168])
+    answers = predictor.mixed_answers(predictor.specs, examples)
+    mixed = dict(zip(["base", "trained", "untrained"], answers, strict=True))
+    collated = processor.collate(examples, padding_side="left")
+    collated.pop("labels", None)
+    for spec in predictor.specs:
+        assert mixed[spec.name] == predictor.answers_for(spec, collated), spec.name
+    assert mixed["trained"] != mixed["untrained"]

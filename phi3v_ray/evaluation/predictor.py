@@ -219,7 +219,7 @@ class CheckpointPredictor:
     def _mixed_groups(self, size: int) -> list[list[ContestantSpec]]:
         """Contestants answered together in one mixed-adapter generate (LoRA adapters, and the base as `__base__`),
         chunked so one generate holds at most `max_rows_per_generate` rows (and at least one contestant)."""
-        if self.peft_model is None:
+        if self.peft_model is None or not self._adapters_routable_per_row():
             return []
         mixable = [
             spec
@@ -228,6 +228,27 @@ class CheckpointPredictor:
         ]
         per_chunk = max(1, self.max_rows_per_generate // max(1, size))
         return [mixable[i : i + per_chunk] for i in range(0, len(mixable), per_chunk)]
+
+    def _adapters_routable_per_row(self) -> bool:
+        """Whether peft can route every adapted module per batch row (else: one generate per contestant).
+
+        peft routes a mixed batch along dim 0 of each adapted module's input. That is the batch row for the language
+        model and the per-image projector, but CLIP's input is crops (rows would be mis-routed), and a wrapped
+        module that is not a plain layer (e.g. an adapter from before the projector was saved layer by layer)
+        cannot be routed at all.
+        """
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import ModulesToSaveWrapper
+
+        from phi3v_ray.train.lora import VISION_TOWER
+
+        for name, module in self.peft_model.named_modules():
+            if isinstance(module, ModulesToSaveWrapper):
+                if not isinstance(module.original_module, self.torch.nn.Linear):
+                    return False
+            elif isinstance(module, BaseTunerLayer) and f".{VISION_TOWER}." in f".{name}.":
+                return False
+        return True
 
     def mixed_answers(self, specs: list[ContestantSpec], examples: list[dict[str, Any]]) -> list[list[str]]:
         """Every row's answer from several contestants in one generate: the batch repeated once per contestant,

@@ -117,20 +117,23 @@ def make_lora_checkpoint(
     lr: float = 5e-3,
     seed: int = 0,
 ) -> Path:
-    """Train a LoRA adapter on the tiny base for `steps` full-batch steps (0 = untrained) and save a checkpoint."""
-    import torch
-    from peft import LoraConfig, get_peft_model
+    """Train a LoRA adapter on the tiny base for `steps` full-batch steps (0 = untrained) and save a checkpoint.
 
+    What trains is chosen by the training path's own `apply_training_mode` (LoRA + the projector layers), so the
+    evaluation tests load adapters shaped exactly like the ones Ray Train writes.
+    """
+    import torch
+
+    from phi3v_ray.config import LoraSection
     from phi3v_ray.model.loading import load_model
     from phi3v_ray.model.processing import Phi3VProcessor
+    from phi3v_ray.train.lora import apply_training_mode
 
     torch.manual_seed(seed)
     model, tokenizer = load_model("tiny")
     processor = Phi3VProcessor.from_config(model.config, tokenizer)
-    lora = LoraConfig(
-        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
-    )
-    peft_model = get_peft_model(model, lora)
+    lora = LoraSection(rank=rank, alpha=2 * rank, dropout=0.0, target_modules=LORA_TARGETS)
+    peft_model = apply_training_mode(model, lora)
     if steps:
         batch = processor.collate(prepared_rows(processor, products, with_answer=True), padding_side="right")
         optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)

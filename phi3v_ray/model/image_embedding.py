@@ -85,7 +85,21 @@ class Phi3VImageEmbedding(nn.Module):
             )
             sequences.append(self.glb_GN.reshape(1, width))
             sequences.append(torch.cat([global_view, newline.expand(g, 1, width)], dim=1).reshape(-1, width))
-        return self.img_projection(torch.cat(sequences, dim=0))
+        return self._project(sequences[0::3], sequences[1::3], sequences[2::3])
+
+    def _project(
+        self, sub_maps: list[torch.Tensor], separators: list[torch.Tensor], global_maps: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Project every image's tokens as one padded [images, longest, width] batch, then drop the padding.
+
+        Batched per image (not one flat token list) so that peft's mixed-adapter inference, which routes dim 0 of
+        each adapted module's input to one adapter per row, can route a trained projector per image too.
+        """
+        per_image = [torch.cat(parts, dim=0) for parts in zip(sub_maps, separators, global_maps, strict=True)]
+        lengths = [len(tokens) for tokens in per_image]
+        padded = nn.utils.rnn.pad_sequence(per_image, batch_first=True)
+        projected = self.img_projection(padded)
+        return torch.cat([projected[i, :length] for i, length in enumerate(lengths)], dim=0)
 
     def token_counts(self, image_sizes: torch.Tensor) -> list[int]:
         """How many image tokens each canvas in `image_sizes` (rows of H, W) becomes."""

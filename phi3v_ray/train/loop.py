@@ -95,8 +95,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # 5. The loop.
     try:
-        train_shard = ray.train.get_dataset_shard("train")
-        val_shard = ray.train.get_dataset_shard("val")
+        from phi3v_ray.data.shard_cache import ReplayableShard
+
+        cache_bytes = int(config.data.worker_cache_mb * 2**20)
+        train_shard = ReplayableShard(ray.train.get_dataset_shard("train"), cache_bytes)
+        val_shard = ReplayableShard(ray.train.get_dataset_shard("val"), cache_bytes)
         validation = _validate(engine, processor, val_shard, config, device, rank, world)
         last_saved = state.step if state.resumed else -1
         window = StepWindow()

@@ -13,6 +13,9 @@ from phi3v_ray.config import VISION_LORA_TARGETS, LoraSection
 
 VISION_TOWER = "img_processor"
 PROJECTOR = "img_projection"
+# The projector's two Linear layers, saved one by one: peft can route a mixed-adapter batch through a wrapped Linear
+# but not through a wrapped Sequential, so evaluation can answer for several adapters in one generate.
+PROJECTOR_LAYERS = (f"{PROJECTOR}.0", f"{PROJECTOR}.2")
 
 
 def _module_regex(language_targets: list[str], vision_targets: list[str]) -> str:
@@ -35,7 +38,7 @@ def apply_training_mode(model: torch.nn.Module, lora: LoraSection) -> torch.nn.M
     vision_targets = list(VISION_LORA_TARGETS) if lora.vision == "lora" else []
     modules_to_save = []
     if lora.projector_trainable:
-        modules_to_save.append(PROJECTOR)
+        modules_to_save.extend(PROJECTOR_LAYERS)
     if lora.vision == "full":
         modules_to_save.append(VISION_TOWER)
     peft_config = LoraConfig(
