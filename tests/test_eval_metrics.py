@@ -76,6 +76,16 @@ def test_score_rows_matches_hand_computed_values() -> None:
     assert scores == pytest.approx(expected)
 
 
+def test_scores_survive_a_parquet_round_trip(tmp_path) -> None:
+    """Cached predictions come back with pandas' string dtype, where a missing parse error is pd.NA, not None."""
+    path = tmp_path / "rows.parquet"
+    _rows(HAND_ANSWERS, HAND_TRUTHS).to_parquet(path, index=False)
+    assert score_rows(pd.read_parquet(path)) == pytest.approx(score_rows(_rows(HAND_ANSWERS, HAND_TRUTHS)))
+    all_parsed = _rows(HAND_ANSWERS[:2], HAND_TRUTHS[:2])
+    all_parsed.astype({"parse_error": "string"}).to_parquet(path, index=False)
+    assert score_rows(pd.read_parquet(path))["parse_rate"] == 1.0
+
+
 def test_unread_prices_leave_error_averages_undefined_not_zero() -> None:
     scores = score_rows(_rows(["no idea"], [("Cap", "CAPS", 200.0)]))
     assert math.isnan(scores["price_mae"]) and math.isnan(scores["price_median_ape"])

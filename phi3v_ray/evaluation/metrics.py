@@ -69,7 +69,11 @@ def token_f1(predicted: object, truth: object) -> float:
 
 
 def _is_missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None, NaN, pd.NA or NaT: a parquet round trip turns a None in a string column into pd.NA."""
+    if value is None or isinstance(value, str):
+        return value is None
+    missing = pd.isna(value)
+    return bool(missing) if isinstance(missing, (bool, np.bool_)) else False
 
 
 def score_rows(rows: pd.DataFrame) -> dict[str, float]:

@@ -130,8 +130,8 @@ def _closing_result(result: Any, config: ExperimentConfig) -> dict[str, Any]:
         best = last.get(metric, math.nan)
     closing: dict[str, Any] = {FINISHED_KEY: True, metric: float(best)}
     # No VAL_STEP_KEY: ASHA skips results without its time attribute, so this one never counts as a rung.
-    if STEP_KEY in last:
-        closing[STEP_KEY] = last[STEP_KEY]
+    # Last training figures too, so Tune's progress table does not show a finished trial with blank columns.
+    closing.update({key: last[key] for key in (STEP_KEY, "epoch", "loss", "lr") if key in last})
     return closing
 
 
