@@ -22,15 +22,26 @@ def _pyplot():
     return plt
 
 
+KIND_COLOURS = {"lora": "#4C72B0", "full": "#4C72B0", "base": "#C44E52", "trivial": "#8C8C8C"}
+
+
 def plot_metric_per_checkpoint(leaderboard: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Horizontal bars of one metric, best contestant on top."""
+    """Horizontal bars of one metric, best contestant on top; the trivial predictor's score as a dashed line,
+    so the lift a checkpoint gives over guessing is what the eye reads first."""
     plt = _pyplot()
     names = leaderboard["checkpoint"].astype(str).tolist()[::-1]
     values = pd.to_numeric(leaderboard[metric], errors="coerce").fillna(0).to_numpy()[::-1]
-    figure, axes = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
-    axes.barh(names, values, color="#4C72B0")
+    kinds = (
+        leaderboard["kind"].astype(str).tolist()[::-1] if "kind" in leaderboard else ["lora"] * len(names)
+    )
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+    axes.barh(names, values, color=[KIND_COLOURS.get(kind, "#4C72B0") for kind in kinds])
+    trivial = [value for value, kind in zip(values, kinds, strict=True) if kind == "trivial"]
+    if trivial:
+        axes.axvline(trivial[0], color="#8C8C8C", linestyle="--", linewidth=1, label="trivial predictor")
+        axes.legend(loc="lower right")
     axes.set_xlabel(metric)
-    axes.set_title(f"{metric} per checkpoint")
+    axes.set_title(f"{metric}, held-out products")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
