@@ -175,6 +175,12 @@ class DataSection(Section):
     max_eval_examples: int | None = Field(None, ge=1)
     length_grouping: bool = True
     preprocess_cpus: float = Field(1.0, gt=0)
+    materialize_mb: float = Field(
+        1024,
+        ge=0,
+        description="a prepared split smaller than this (uncompressed) is read once into the Ray object store and "
+        "shared by every trial and epoch (0 = always stream from parquet)",
+    )
     worker_cache_mb: float = Field(
         2048,
         ge=0,

@@ -24,7 +24,18 @@ def demo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "DS_ACCELERATOR": "cpu"}
     env.pop("RAY_ADDRESS", None)
-    command = [sys.executable, "-m", "phi3v_ray.cli", "demo", "--out", str(out), "--trials", "2", "--steps", "150"]
+    command = [
+        sys.executable,
+        "-m",
+        "phi3v_ray.cli",
+        "demo",
+        "--out",
+        str(out),
+        "--trials",
+        "2",
+        "--steps",
+        "150",
+    ]
     completed = subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False
     )
@@ -40,7 +51,9 @@ def test_demo_exits_zero_and_beats_the_trivial_predictor(demo_run) -> None:
     trained = [row for row in rows if row["kind"] == "lora"]
     best = max(trained, key=lambda row: row["category_accuracy"])
     assert best["category_accuracy"] > trivial["category_accuracy"] + 0.1, (best, trivial)
-    assert best["parse_rate"] > 0.9, best  # the answer format is learned, and read back from the cache correctly
+    assert best["parse_rate"] > 0.9, (
+        best
+    )  # the answer format is learned, and read back from the cache correctly
     assert f"vs trivial {trivial['category_accuracy']:.2f}" in completed.stdout
 
 
@@ -49,7 +62,9 @@ def test_demo_leaves_every_artefact_it_announces(demo_run) -> None:
     assert completed.returncode == 0
     checkpoints = sorted((out / "runs" / "demo-sweep").glob("*/checkpoint_*"))
     assert checkpoints, "the sweep wrote no checkpoints"
-    scored = {row["checkpoint"] for row in json.loads((out / "evaluation" / "leaderboard.json").read_text())["rows"]}
+    scored = {
+        row["checkpoint"] for row in json.loads((out / "evaluation" / "leaderboard.json").read_text())["rows"]
+    }
     for checkpoint in checkpoints:
         assert f"demo-sweep/{checkpoint.parent.name}/{checkpoint.name}" in scored
     for plot in ("category_accuracy_per_checkpoint", "best_price_scatter", "best_category_confusion"):

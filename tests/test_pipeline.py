@@ -320,6 +320,25 @@ def test_two_train_workers_read_disjoint_shards_that_cover_the_split(
     assert shards[0] | shards[1] == expected
 
 
+def test_small_cached_splits_are_materialized_once_and_hold_the_same_rows(
+    ray_local, config, tmp_path
+) -> None:
+    from ray.data.dataset import MaterializedDataset
+
+    cached = config.model_copy(deep=True)
+    cached.data.prepared_dir = str(tmp_path / "cache")
+    for split in ("train", "val"):
+        pipeline.write_prepared_split(cached, split, prompt_only=False)
+    shared = pipeline.build_train_datasets(cached)
+    assert all(isinstance(dataset, MaterializedDataset) for dataset in shared.values())
+    cached.data.materialize_mb = 0  # never: stream from parquet on every pass
+    streamed = pipeline.build_train_datasets(cached)
+    assert not any(isinstance(dataset, MaterializedDataset) for dataset in streamed.values())
+    for split in ("train", "val"):
+        codes = [sorted(d[split].to_pandas()["product_code"].tolist()) for d in (shared, streamed)]
+        assert codes[0] == codes[1] and codes[0]
+
+
 def test_data_prepare_command_writes_reconciled_splits_then_reuses_them(ray_local, catalog, tmp_path, capsys):
     from phi3v_ray.cli import main
 

@@ -472,8 +472,23 @@ def build_prepared_dataset(
 
 
 def build_train_datasets(config: ExperimentConfig) -> dict[str, ray.data.Dataset]:
-    """`{"train": ..., "val": ...}` with answers in the labels, ready for `TorchTrainer(datasets=...)`."""
-    return {split: build_prepared_dataset(config, split, prompt_only=False)[0] for split in ("train", "val")}
+    """`{"train": ..., "val": ...}` with answers in the labels, ready for `TorchTrainer(datasets=...)`.
+
+    A cached split smaller than `data.materialize_mb` is read once into the object store: every trial and epoch then
+    splits blocks that are already there instead of starting a parquet read (list files, read, decode tasks), which
+    on a busy 2-core machine took most of a demo trial's first epoch. Larger splits stream as usual.
+    """
+    datasets = {}
+    for split in ("train", "val"):
+        plan = plan_split(config, split, prompt_only=False)
+        entry = prepared.find_prepared(plan.root, plan.name)
+        if entry is None:
+            datasets[split] = build_prepared_dataset(config, split, prompt_only=False)[0]
+            continue
+        dataset = read_prepared_dataset(entry)[0]
+        size = prepared.uncompressed_parquet_bytes(entry.examples_dir)
+        datasets[split] = dataset.materialize() if 0 < size <= config.data.materialize_mb * 2**20 else dataset
+    return datasets
 
 
 def write_prepared_split(

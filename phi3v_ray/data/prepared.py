@@ -216,3 +216,14 @@ def count_parquet_rows(directory: Path) -> int:
     if not directory.is_dir():
         return 0
     return sum(pq.ParquetFile(path).metadata.num_rows for path in sorted(directory.glob("*.parquet")))
+
+
+def uncompressed_parquet_bytes(directory: Path) -> int:
+    """Uncompressed size of every row group under `directory` (footers only): what the split takes in memory."""
+    if not directory.is_dir():
+        return 0
+    total = 0
+    for path in sorted(directory.glob("*.parquet")):
+        metadata = pq.ParquetFile(path).metadata
+        total += sum(metadata.row_group(index).total_byte_size for index in range(metadata.num_row_groups))
+    return total
