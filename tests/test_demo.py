@@ -60,7 +60,9 @@ def test_demo_exits_zero_and_beats_the_trivial_predictor(demo_run) -> None:
 def test_demo_leaves_every_artefact_it_announces(demo_run) -> None:
     completed, out = demo_run
     assert completed.returncode == 0
-    checkpoints = sorted((out / "runs" / "demo-sweep").glob("*/checkpoint_*"))
+    checkpoints = sorted(
+        path for path in (out / "runs" / "demo-sweep").glob("*/checkpoint_*") if path.is_dir()
+    )
     assert checkpoints, "the sweep wrote no checkpoints"
     scored = {
         row["checkpoint"] for row in json.loads((out / "evaluation" / "leaderboard.json").read_text())["rows"]
