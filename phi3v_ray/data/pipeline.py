@@ -56,8 +56,10 @@ REJECT_SCHEMA = pa.schema(
 )
 
 # Rows per Ray Data block and per UDF call: small enough that a 2-core laptop overlaps decoding with training,
-# large enough that per-task overhead stays small next to the HD resize (tens of ms per image).
-DEFAULT_ROWS_PER_BLOCK = 8
+# large enough that per-task overhead stays small next to the HD resize (tens of ms per image). Measured on 2 cores,
+# 384 catalog images, 2 actors (steady images/s): 4 rows 66, 8 rows 73-83, 16 rows 86-88, 32 rows 90-98; 16 keeps a
+# block of official-size canvases near 80 MB, under Ray Data's 128 MB target block size.
+DEFAULT_ROWS_PER_BLOCK = 16
 
 
 @dataclass(frozen=True)
