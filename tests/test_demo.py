@@ -33,8 +33,6 @@ def demo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
         str(out),
         "--trials",
         "2",
-        "--steps",
-        "150",
     ]
     completed = subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False
