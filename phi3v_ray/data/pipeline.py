@@ -463,11 +463,16 @@ def build_prepared_dataset(
     entry = prepared.find_prepared(plan.root, plan.name)
     if entry is not None:
         return read_prepared_dataset(entry)
+    return _stream_split(config, plan)
+
+
+def _stream_split(config: ExperimentConfig, plan: SplitPlan) -> tuple[ray.data.Dataset, RejectsLog]:
+    """Preprocess a split on the fly (no cache entry), with its rejects under the cache root's `streaming/`."""
     run_dir = plan.root / "streaming" / f"{plan.name}-{uuid.uuid4().hex[:8]}"
     return prepare_dataset(
         plan.rows,
         plan.settings,
-        prompt_only=prompt_only,
+        prompt_only=plan.prompt_only,
         rejects_dir=run_dir / "rejects",
         cpus_per_actor=config.data.preprocess_cpus,
     )
@@ -485,7 +490,7 @@ def build_train_datasets(config: ExperimentConfig) -> dict[str, ray.data.Dataset
         plan = plan_split(config, split, prompt_only=False)
         entry = prepared.find_prepared(plan.root, plan.name)
         if entry is None:
-            datasets[split] = build_prepared_dataset(config, split, prompt_only=False)[0]
+            datasets[split] = _stream_split(config, plan)[0]
             continue
         dataset = read_prepared_dataset(entry)[0]
         size = prepared.uncompressed_parquet_bytes(entry.examples_dir)

@@ -7,7 +7,6 @@ read, so `price_coverage` is reported beside them.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -44,9 +43,17 @@ REQUIRED_COLUMNS = (
 _TOKEN_PATTERN = re.compile(r"[0-9a-z]+")
 
 
+def _is_missing(value: object) -> bool:
+    """None, NaN, pd.NA or NaT: a parquet round trip turns a None in a string column into pd.NA."""
+    if value is None or isinstance(value, str):
+        return value is None
+    missing = pd.isna(value)
+    return bool(missing) if isinstance(missing, (bool, np.bool_)) else False
+
+
 def normalise_text(text: object) -> str:
     """Case- and whitespace-insensitive form for comparing a predicted field with the truth."""
-    if text is None or (isinstance(text, float) and math.isnan(text)):
+    if _is_missing(text):
         return ""
     return " ".join(str(text).casefold().split())
 
@@ -66,14 +73,6 @@ def token_f1(predicted: object, truth: object) -> float:
         return 0.0
     precision, recall = overlap / len(predicted_tokens), overlap / len(truth_tokens)
     return 2 * precision * recall / (precision + recall)
-
-
-def _is_missing(value: object) -> bool:
-    """None, NaN, pd.NA or NaT: a parquet round trip turns a None in a string column into pd.NA."""
-    if value is None or isinstance(value, str):
-        return value is None
-    missing = pd.isna(value)
-    return bool(missing) if isinstance(missing, (bool, np.bool_)) else False
 
 
 def score_rows(rows: pd.DataFrame) -> dict[str, float]:

@@ -169,6 +169,8 @@ class CheckpointPredictor:
                     raise CheckpointError(f"{spec.name}: unknown contestant kind {spec.kind!r}")
             except Exception as error:  # one unloadable checkpoint must not stop the others
                 self.load_errors[spec.name] = f"{type(error).__name__}: {error}".splitlines()[0]
+        # Decided once, when every adapter is in: a walk over all modules is too slow for every batch.
+        self.routable_per_row = self.peft_model is not None and self._adapters_routable_per_row()
 
     def _load_adapter(self, spec: ContestantSpec, adapter_name: str) -> None:
         """Add one adapter under its own name; the first one wraps the base in a PeftModel."""
@@ -219,7 +221,7 @@ class CheckpointPredictor:
     def _mixed_groups(self, size: int) -> list[list[ContestantSpec]]:
         """Contestants answered together in one mixed-adapter generate (LoRA adapters, and the base as `__base__`),
         chunked so one generate holds at most `max_rows_per_generate` rows (and at least one contestant)."""
-        if self.peft_model is None or not self._adapters_routable_per_row():
+        if not self.routable_per_row:
             return []
         mixable = [
             spec
