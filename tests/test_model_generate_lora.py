@@ -123,3 +123,87 @@ def test_lora_adapter_save_load_round_trip_gives_identical_logits_and_generation
         torch.testing.assert_close(reloaded(**inputs).logits, adapted, rtol=0, atol=0)
     generated = peft_model.generate(**batch, max_new_tokens=4, do_sample=False)
     assert torch.equal(reloaded.generate(**batch, max_new_tokens=4, do_sample=False), generated)
+
+
+class ForwardRecorder:
+    """Counts CLIP runs and records how many tokens each forward embeds, via hooks on the real modules."""
+
+    def __init__(self, model: Phi3VForCausalLM) -> None:
+        self.embedded_lengths: list[int] = []
+        self.clip_runs = 0
+        self._handles = [
+            model.model.embed_tokens.register_forward_hook(
+                lambda _m, args, _out: self.embedded_lengths.append(int(args[0].shape[1]))
+            ),
+            model.model.vision_embed_tokens.register_forward_hook(lambda *_: self._count_clip()),
+        ]
+
+    def _count_clip(self) -> None:
+        self.clip_runs += 1
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def test_decode_steps_embed_only_the_new_token_and_never_rerun_clip(model: Phi3VForCausalLM) -> None:
+    examples = [
+        example(model, (CROP, 2 * CROP), [20, 21, 4], seed=6),
+        example(model, (CROP, CROP), [22], seed=7),
+    ]
+    batch = left_padded(examples)
+    recorder = ForwardRecorder(model)
+    try:
+        model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    finally:
+        recorder.close()
+    prompt_length = batch["input_ids"].shape[1]
+    # One prefill over the whole prompt (images included), then one token per step against the KV cache.
+    assert recorder.embedded_lengths == [prompt_length, 1, 1, 1, 1]
+    assert recorder.clip_runs == 1
+
+
+def test_cache_passed_under_either_name_continues_the_prompt_identically(model: Phi3VForCausalLM) -> None:
+    e = example(model, (CROP, CROP), [20, 21, 4], seed=8)
+    batch = left_padded([e])
+    inputs = {key: batch[key] for key in ("input_ids", "pixel_values", "image_sizes")}
+    next_token = torch.tensor([[30]])
+    with torch.no_grad():
+        full = model(
+            input_ids=torch.cat([batch["input_ids"], next_token], 1),
+            **{k: inputs[k] for k in ("pixel_values", "image_sizes")},
+        ).logits[:, -1]
+        continued = []
+        for name in ("cache", "past_key_values"):
+            prefill = model(**inputs, use_cache=True)
+            cache = prefill.cache if hasattr(prefill, "cache") else prefill.past_key_values
+            assert cache is not None and cache.get_seq_length() == batch["input_ids"].shape[1]
+            step = model(input_ids=next_token, use_cache=True, **{name: cache})
+            continued.append(step.logits[:, -1])
+    for logits in continued:
+        torch.testing.assert_close(logits, full, rtol=1e-5, atol=1e-5)
+
+
+def test_longrope_cache_is_rebuilt_once_when_generation_crosses_the_original_context() -> None:
+    prompt = [20, 21, 4]
+    config = Phi3VConfig.preset("tiny")
+    probe = build_model(config)
+    e = example(probe, (CROP, CROP), prompt, seed=9)
+    original = len(e["input_ids"]) + 2  # the third generated token crosses it
+    config.text_config.original_max_position_embeddings = original
+    config.text_config.rope_parameters["original_max_position_embeddings"] = original
+    short_context = build_model(config).eval()
+    batch = left_padded([e])
+    recorder = ForwardRecorder(short_context)
+    try:
+        cached = short_context.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    finally:
+        recorder.close()
+    length = len(e["input_ids"])
+    # Keys cached with the short factors are stale past `original`: the whole sequence is recomputed exactly once.
+    assert recorder.embedded_lengths == [length, 1, 1, length + 3, 1]
+    assert recorder.clip_runs == 2
+    uncached = short_context.generate(
+        **batch, max_new_tokens=5, min_new_tokens=5, do_sample=False, use_cache=False
+    )
+    assert cached.tolist() == uncached.tolist()

@@ -17,6 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.models.phi3.modeling_phi3 import Phi3Model
 
 from phi3v_ray.errors import DataError
+from phi3v_ray.model import kv_cache
 from phi3v_ray.model.configuration import Phi3VConfig
 from phi3v_ray.model.image_embedding import Phi3VImageEmbedding
 
@@ -34,16 +35,21 @@ class Phi3VModel(Phi3Model):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
+        past_key_values: Any = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
-        """Embed text and images together, then run the plain Phi-3 decoder on the merged embeddings."""
+        """Embed text and images together, then run the plain Phi-3 decoder on the merged embeddings.
+
+        The KV cache is accepted as `cache` (transformers >= 5.24) or `past_key_values` (earlier releases).
+        """
+        cache = kv_cache.given_cache(cache, past_key_values)
         if inputs_embeds is None and input_ids is not None:
-            inputs_embeds = self.embed_with_images(input_ids, pixel_values, image_sizes, past_key_values)
+            inputs_embeds = self.embed_with_images(input_ids, pixel_values, image_sizes, cache)
             input_ids = None
         elif pixel_values is not None:
             raise DataError(
@@ -53,9 +59,9 @@ class Phi3VModel(Phi3Model):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **kv_cache.as_kwargs(cache),
             **kwargs,
         )
 
@@ -64,7 +70,7 @@ class Phi3VModel(Phi3Model):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None,
         image_sizes: torch.Tensor | None,
-        past_key_values: Any = None,
+        cache: Any = None,
     ) -> torch.Tensor:
         """Token embeddings with image features written, in sequence order across the batch, at image tokens."""
         embeddings = self.embed_tokens(input_ids)
@@ -73,7 +79,7 @@ class Phi3VModel(Phi3Model):
         if pixel_values is None:
             if image_sizes is not None:
                 raise DataError("image_sizes were given without pixel_values; expected both or neither")
-            is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+            is_prefill = kv_cache.cached_length(cache) == 0
             if token_count and is_prefill:
                 raise DataError(
                     f"input_ids hold {token_count} image tokens (id {self.image_token_id}) but no pixel_values "
@@ -103,7 +109,7 @@ class Phi3VForCausalLM(PreTrainedModel, GenerationMixin):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["Phi3DecoderLayer", "CLIPEncoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [kv_cache.CURRENT_NAME, kv_cache.DEPRECATED_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
@@ -119,6 +125,22 @@ class Phi3VForCausalLM(PreTrainedModel, GenerationMixin):
         self.generation_config.eos_token_id = config.stop_token_ids
         self.generation_config.pad_token_id = text.pad_token_id
         self.generation_config.bos_token_id = text.bos_token_id
+
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute layer activations in backward (less memory); non-reentrant, so frozen inputs still work.
+
+        transformers 5.24 renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable` and deprecated
+        the old name; earlier releases of the supported range have only the old one.
+        """
+        if hasattr(self, "activation_checkpointing_enable"):
+            self.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    @property
+    def activation_checkpointing_enabled(self) -> bool:
+        """Whether any layer recomputes its activations in backward."""
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The text token embedding (`model.embed_tokens`)."""
@@ -139,11 +161,12 @@ class Phi3VForCausalLM(PreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Any = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Logits for every position (or the last `logits_to_keep`); loss when `labels` are given (-100 ignored)."""
@@ -151,7 +174,7 @@ class Phi3VForCausalLM(PreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=kv_cache.given_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             pixel_values=pixel_values,
@@ -172,7 +195,7 @@ class Phi3VForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **kv_cache.as_kwargs(kv_cache.from_output(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -180,30 +203,35 @@ class Phi3VForCausalLM(PreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
-        past_key_values: Any = None,
+        cache: Any = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
+        past_key_values: Any = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Images go in on the prefill step only; later steps feed one new text token against the KV cache."""
+        """Images go in on the prefill step only; later steps feed one new text token against the KV cache.
+
+        `generate` hands the cache over as `cache` from transformers 5.24 and as `past_key_values` before.
+        """
+        cache = kv_cache.given_cache(cache, past_key_values)
         original = self.config.text_config.rope_parameters.get("original_max_position_embeddings")
         if (
-            past_key_values is not None
+            cache is not None
             and original is not None
             and input_ids.shape[1] > original
-            and past_key_values.get_seq_length() <= original
+            and kv_cache.cached_length(cache) <= original
         ):
             # longrope switches to its long factors past `original`: keys cached with the short factors are stale,
             # so recompute the whole sequence (images included) once, like transformers' Phi3ForCausalLM.
-            past_key_values = None
+            cache = None
             kwargs["next_sequence_length"] = None
             is_first_iteration = True
         model_inputs = super().prepare_inputs_for_generation(
             input_ids,
-            past_key_values=past_key_values,
+            **kv_cache.as_kwargs(cache),
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
             is_first_iteration=is_first_iteration,

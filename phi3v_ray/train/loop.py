@@ -194,7 +194,7 @@ def _build_model(config: ExperimentConfig) -> tuple[torch.nn.Module, Any]:
     )
     model.config.use_cache = False
     if section.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_activation_checkpointing()
     processor = Phi3VProcessor.from_config(model.config, tokenizer)
     model.train()
     return model, processor
