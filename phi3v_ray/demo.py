@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phi3v_ray.config import ExperimentConfig, apply_overrides, config_from_dict
-
-DEMO_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml"
+from phi3v_ray.packaged import DEMO_EXPERIMENT, load_packaged_experiment, packaged_name
 
 
 @dataclass
@@ -36,10 +35,8 @@ class DemoPlan:
 
 
 def demo_config(plan: DemoPlan) -> ExperimentConfig:
-    """experiments/demo.yaml with the demo's paths, sweep size and warm-started base folded in."""
-    import yaml
-
-    raw: dict[str, Any] = yaml.safe_load(DEMO_EXPERIMENT.read_text()) if DEMO_EXPERIMENT.is_file() else {}
+    """experiments/demo.yaml (as installed with the package) with the demo's paths, sweep size and base folded in."""
+    raw = load_packaged_experiment(DEMO_EXPERIMENT)
     out = plan.out_dir.resolve()
     overrides = [
         f"data.catalog_dir={out / 'catalog'}",
@@ -57,7 +54,7 @@ def demo_config(plan: DemoPlan) -> ExperimentConfig:
         f"evaluate.checkpoints=['{out / 'runs' / raw.get('tune', {}).get('name', 'sweep')}']",
         *plan.extra_overrides,
     ]
-    return config_from_dict(apply_overrides(raw, overrides), source=str(DEMO_EXPERIMENT))
+    return config_from_dict(apply_overrides(raw, overrides), source=packaged_name(DEMO_EXPERIMENT))
 
 
 def _stage(number: int, total: int, title: str, echo: Callable[[str], None]) -> float:
