@@ -32,13 +32,23 @@ def image_bytes(image_format: str, size: tuple[int, int] = (64, 80), mode: str =
     return buffer.getvalue()
 
 
-class CatalogServer:
-    """A loopback HTTP server with one behaviour per path, counting requests per path."""
+# A stalled request is held this long at most (or until its server closes): far beyond any client timeout used here,
+# so a stalled request can never succeed however slow the machine is.
+STALL_S = 600.0
 
-    def __init__(self, latency_s: float = 0.0) -> None:
+
+class CatalogServer:
+    """A loopback HTTP server with one behaviour per path, counting requests per path.
+
+    `answer_first=N` answers only the first N requests and stalls every later one until the server closes (a run
+    frozen mid-way, deterministically, however fast or slow the machine is)."""
+
+    def __init__(self, answer_first: int | None = None) -> None:
         self.routes: dict[str, tuple[str, bytes]] = {}
         self.requests: Counter[str] = Counter()
-        self.latency_s = latency_s
+        self.answered = 0
+        self.answer_first = answer_first
+        self.closing = threading.Event()
         self.lock = threading.Lock()
         server = self
 
@@ -50,7 +60,11 @@ class CatalogServer:
                 with server.lock:
                     server.requests[self.path] += 1
                     count = server.requests[self.path]
-                time.sleep(server.latency_s)
+                    held = server.answer_first is not None and server.answered >= server.answer_first
+                    server.answered += not held
+                if held:
+                    server.closing.wait(STALL_S)
+                    return
                 kind, body = server.routes.get(self.path, ("missing", b""))
                 if kind == "image":
                     self.reply(200, body, "image/jpeg")
@@ -60,9 +74,17 @@ class CatalogServer:
                     self.reply(200, body, "image/jpeg")
                 elif kind == "error":
                     self.reply(503, b"down", "text/plain")
-                elif kind == "slow":
-                    time.sleep(1.5)
-                    self.reply(200, body, "image/jpeg")
+                elif kind == "slow":  # no answer at all
+                    server.closing.wait(STALL_S)
+                elif kind == "stall_body":  # headers and part of the body, then nothing
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        self.wfile.write(body[: len(body) // 2])
+                        self.wfile.flush()
+                    server.closing.wait(STALL_S)
                 elif kind == "html":
                     self.reply(200, b"<!DOCTYPE html><html><body>Not found</body></html>", "text/html")
                 elif kind == "redirect":
@@ -87,6 +109,7 @@ class CatalogServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self.closing.set()  # release every stalled request
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -112,8 +135,11 @@ def catalog_rows(specs: list[tuple[int, str, object, str]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(BURBERRY_COLUMNS))
 
 
+# Timeouts: a healthy loopback answer takes milliseconds, but on a loaded 2-core machine a thread can wait seconds for
+# the CPU; 3 s leaves that margin, while a stalled route never answers (STALL_S), so neither outcome depends on
+# speed. Each stalled row costs 3 attempts x 3 s; stalled rows share a task's thread pool and overlap.
 OPTIONS = FetchOptions(
-    connect_timeout_s=1.0, read_timeout_s=0.4, retries=2, backoff_s=0.05, max_bytes=150_000,
+    connect_timeout_s=5.0, read_timeout_s=3.0, retries=2, backoff_s=0.05, max_bytes=150_000,
     threads_per_task=4, rows_per_task=4,
 )  # fmt: skip
 
@@ -129,6 +155,7 @@ def test_every_failure_mode_gets_its_status_and_rerun_fetches_nothing(
         "/flaky": ("flaky", jpeg),
         "/down": ("error", b""),
         "/slow": ("slow", jpeg),
+        "/stall": ("stall_body", image_bytes("JPEG", size=(300, 300))),
         "/truncated": ("image", image_bytes("JPEG", size=(400, 400))[:900]),
         "/html": ("html", b""),
         "/huge": ("image", image_bytes("BMP", size=(300, 300))),  # 270 kB > max_bytes
@@ -138,7 +165,7 @@ def test_every_failure_mode_gets_its_status_and_rerun_fetches_nothing(
         1: ("/jpeg", "ok"), 2: ("/png", "ok"), 3: ("/webp", "ok"), 4: ("/gone", "http_error"),
         5: ("/flaky", "ok"), 6: ("/down", "http_error"), 7: ("/slow", "timeout"),
         8: ("/truncated", "truncated_image"), 9: ("/html", "not_an_image"), 10: ("/huge", "too_large"),
-        11: ("/moved", "ok"),
+        11: ("/moved", "ok"), 12: ("/stall", "timeout"),
     }  # fmt: skip
     specs = [(code, server.base + path, 100.0, f"Product {code}") for code, (path, _) in expected.items()]
     specs += [
@@ -161,10 +188,14 @@ def test_every_failure_mode_gets_its_status_and_rerun_fetches_nothing(
         "missing_url", "bad_url", "bad_price", "bad_price", "empty_title", "duplicate_product_code",
         "bad_product_code",
     ]  # fmt: skip
-    assert "HTTP 404" in manifest["status"][3] and "HTTP 503 (after 3 attempts)" in manifest["status"][5]
-    assert "'abc'" in manifest["status"][13] and "row 0" in manifest["status"][16]
+    status = dict(zip(manifest["title"], manifest["status"], strict=True))
+    assert "HTTP 404" in status["Product 4"] and "HTTP 503 (after 3 attempts)" in status["Product 6"]
+    assert "'abc'" in status["Text price"] and "row 0" in status["Duplicate code"]
+    # No answer, and an answer that stops mid-body, are both timeouts (retried), never a connection error.
+    assert status["Product 7"] == "timeout: no answer within 3s (after 3 attempts)"
+    assert status["Product 12"] == "timeout: no data within 3s (after 3 attempts)"
     assert server.requests["/gone"] == 1 and server.requests["/down"] == 3 and server.requests["/flaky"] == 2
-    assert server.requests["/slow"] == 3
+    assert server.requests["/slow"] == 3 and server.requests["/stall"] == 3
     ok = manifest[manifest["status"] == STATUS_OK]
     assert sum(summary.by_outcome.values()) == len(table) and summary.by_outcome["ok"] == len(ok) == 5
     assert summary.downloaded == 5 and summary.reused == 0
@@ -213,24 +244,35 @@ def test_safe_file_stem_cannot_escape_the_images_dir() -> None:
         safe_file_stem("../..")
 
 
+# The killed run's own timeouts are far longer than the test: its stalled requests can only end by the kill.
 KILLED_RUN = """
 import sys, ray
 from phi3v_ray.data.fetch import FetchOptions, fetch_catalog
 import pandas as pd
 ray.init(address=sys.argv[1], log_to_driver=False)
 fetch_catalog(pd.read_parquet(sys.argv[2]), sys.argv[3],
-              FetchOptions(threads_per_task=2, rows_per_task=4, task_cpus=0.5), show_progress=False)
+              FetchOptions(read_timeout_s=3600, threads_per_task=2, rows_per_task=4, task_cpus=0.5),
+              show_progress=False)
 """
+ANSWERED_BEFORE_KILL = 8
 
 
 def test_killed_run_resumes_without_refetching_what_it_finished(ray_local, tmp_path: Path) -> None:
-    slow_server = CatalogServer(latency_s=0.25)
+    """A run frozen after exactly 8 answers is killed; the rerun reuses those 8 and downloads the other 32.
+
+    The first server answers 8 requests and stalls all later ones, so how far the killed run got does not depend on
+    how fast the machine is, and nothing the dead run's tasks still hold can land a file later. The rerun reads the
+    same rows from a second server (image files are keyed by product code, not URL), so its requests are counted
+    apart from anything the dead run still has in flight."""
+    frozen, fresh = CatalogServer(answer_first=ANSWERED_BEFORE_KILL), CatalogServer()
     try:
         jpeg = image_bytes("JPEG")
         for index in range(40):
-            slow_server.routes[f"/img/{index}"] = ("image", jpeg)
-        table = catalog_rows([(100 + i, f"{slow_server.base}/img/{i}", 5.0, f"T{i}") for i in range(40)])
-        table.to_parquet(tmp_path / "input.parquet")
+            frozen.routes[f"/img/{index}"] = fresh.routes[f"/img/{index}"] = ("image", jpeg)
+        codes = [100 + i for i in range(40)]
+        catalog_rows(
+            [(code, f"{frozen.base}/img/{i}", 5.0, f"T{i}") for i, code in enumerate(codes)]
+        ).to_parquet(tmp_path / "input.parquet")
         images = tmp_path / "out" / "images"
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         child = subprocess.Popen(
@@ -238,22 +280,31 @@ def test_killed_run_resumes_without_refetching_what_it_finished(ray_local, tmp_p
              str(tmp_path / "input.parquet"), str(tmp_path / "out")],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not images.is_dir() or len(list(images.glob("*.jpg"))) < 6):
-            assert child.poll() is None, "the run finished or crashed before it could be killed"
-            time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+        try:
+            deadline = time.monotonic() + 300  # generous: Ray workers start slowly on a loaded machine
+            while not images.is_dir() or len(list(images.glob("*.jpg"))) < ANSWERED_BEFORE_KILL:
+                assert child.poll() is None, "the run finished or crashed before it could be killed"
+                assert time.monotonic() < deadline, (
+                    f"{frozen.answered} answered, but images: {list(images.glob('*'))}"
+                )
+                time.sleep(0.1)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
         assert not (tmp_path / "out" / "manifest.parquet").exists()
-        time.sleep(0.5)  # let tasks the dead driver owned wind down
         finished = {p.name for p in images.glob("*.jpg")}
-        assert 6 <= len(finished) < 40
-        requests_before = sum(slow_server.requests.values())
+        assert len(finished) == frozen.answered == ANSWERED_BEFORE_KILL
 
-        summary = fetch_catalog(table, tmp_path / "out", OPTIONS, show_progress=False)
+        rerun = catalog_rows([(code, f"{fresh.base}/img/{i}", 5.0, f"T{i}") for i, code in enumerate(codes)])
+        summary = fetch_catalog(rerun, tmp_path / "out", OPTIONS, show_progress=False)
         assert summary.by_outcome == {"ok": 40}
-        assert summary.reused >= len(finished) and summary.reused + summary.downloaded == 40
-        assert sum(slow_server.requests.values()) - requests_before == summary.downloaded
+        assert summary.reused == ANSWERED_BEFORE_KILL and summary.downloaded == 40 - ANSWERED_BEFORE_KILL
+        refetched = {int(path.rsplit("/", 1)[1]) for path in fresh.requests}
+        assert (
+            sum(fresh.requests.values()) == summary.downloaded
+        )  # one request per missing image, none repeated
+        assert not {f"{codes[i]}.jpg" for i in refetched} & finished  # nothing finished was fetched again
         assert not list(images.glob("*.part-*"))
     finally:
-        slow_server.close()
+        frozen.close()
+        fresh.close()

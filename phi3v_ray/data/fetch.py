@@ -163,6 +163,13 @@ def _verify_image(payload: bytes) -> str:
     return EXTENSIONS.get(image_format, image_format.lower() or "img")
 
 
+def _is_read_timeout(error: Exception) -> bool:
+    """Whether a requests error wraps urllib3's read timeout (raised while streaming the body)."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    return any(isinstance(arg, ReadTimeoutError) for arg in error.args)
+
+
 def _download(url: str, options: FetchOptions) -> bytes:
     """One GET with limits; raises _Rejected (final) or _Retryable (try again)."""
     import requests
@@ -192,6 +199,8 @@ def _download(url: str, options: FetchOptions) -> bytes:
     except requests.exceptions.ChunkedEncodingError as error:
         raise _Retryable("truncated_image: connection closed before the declared length") from error
     except requests.ConnectionError as error:
+        if _is_read_timeout(error):  # a stall mid-body: requests reports it as a ConnectionError
+            raise _Retryable(f"timeout: no data within {options.read_timeout_s:g}s") from error
         raise _Retryable(f"connection_error: {str(error)[:80]}") from error
     except requests.exceptions.InvalidURL as error:
         raise _Rejected(f"bad_url: {str(error)[:80]}") from error
