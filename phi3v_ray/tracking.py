@@ -4,13 +4,24 @@ Ray's `setup_wandb` starts a run on every Train V2 worker and writes into node-l
 `start_tracking` itself and only rank 0 gets a real run. The API key is read by wandb from WANDB_API_KEY; nothing
 here ever copies it into a config, a log line or a checkpoint. `read_offline_run` reads an offline run's `.wandb`
 file back (run config + history) with wandb's own protobuf records, so tests assert on what W&B actually stored.
+
+A run must read back complete however its trial ends. W&B writes an offline run's `.wandb` file from its own
+`wandb-core` process, and only every `x_transaction_log_flush_interval` (15 s by default) or at `finish()`; Ray
+kills a stopped or failed trial's workers within seconds, so without care the file held only its 7-byte header.
+Three rules close that gap: each step's row is committed as one record before the step is reported to Ray (after
+that report the trial may be stopped), the writer flushes every `FLUSH_INTERVAL_S`, and whoever outlives the trial
+(the sweep driver, the `train` command) seals a run that has no exit record with `seal_run`. `finish_run` returns
+only once the exit record is on disk, so nothing reports a run as written before W&B has written it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +31,66 @@ import numpy as np
 
 from phi3v_ray.config import WandbSection
 from phi3v_ray.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Seconds between W&B's flushes of a run's `.wandb` file: short, so a killed process loses at most this much.
+FLUSH_INTERVAL_S = 0.2
+# How long a finished run may take to reach the disk before we stop waiting and say so.
+FINISH_WAIT_S = 60.0
+
+
+class IncompleteRunError(RuntimeError):
+    """An offline run whose exit record never reached the disk (its writer was killed and nobody sealed it)."""
+
+
+def run_settings() -> Any:
+    """wandb.Settings shared by every run this project starts: quiet, no system stats, frequent flushes."""
+    import wandb
+
+    extra: dict[str, Any] = {}
+    if "x_transaction_log_flush_interval" in type(wandb.Settings()).model_fields:  # wandb >= 0.22
+        extra["x_transaction_log_flush_interval"] = FLUSH_INTERVAL_S
+    return wandb.Settings(console="off", x_disable_stats=True, silent=True, **extra)
+
+
+def finish_run(run: Any, exit_code: int = 0, timeout_s: float = FINISH_WAIT_S) -> Path | None:
+    """Finish `run` and wait until its exit record is on disk; returns the run folder, None if it never got there."""
+    run_dir = Path(run.dir).parent
+    run.finish(exit_code=exit_code)
+    if not list(run_dir.glob("*.wandb")):
+        return run_dir  # no transaction log to wait for (e.g. a disabled run)
+    try:
+        read_complete_offline_run(run_dir, timeout_s=timeout_s)
+    except IncompleteRunError:
+        logger.warning(
+            "W&B run %s: not fully written after %.0f s; its files may be incomplete", run_dir, timeout_s
+        )
+        return None
+    return run_dir
+
+
+def run_id_for(run_name: str, trial: str | None) -> str:
+    """Stable per run (so a retry or re-run appends to the same W&B run) and within W&B's id alphabet."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", trial or run_name)[:64]
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Where a training run's W&B run lives: the one rule shared by the loop (which writes it) and its sealers."""
+
+    run_id: str
+    group: str
+    directory: str
+
+    @classmethod
+    def of(cls, section: WandbSection, *, run_name: str, storage_path: str, trial: str | None) -> TrainingRun:
+        """The run of `run_name` (or of `trial` in a sweep) under the experiment's wandb section."""
+        return cls(
+            run_id=run_id_for(run_name, trial),
+            group=section.group or run_name,
+            directory=section.dir or f"{storage_path}/{run_name}",
+        )
 
 
 def resolve_mode(section: WandbSection) -> str:
@@ -41,16 +112,28 @@ class Tracker:
     """A W&B run on rank 0, or a no-op on other ranks / when disabled; the loop calls it the same way everywhere."""
 
     run: Any = None
+    pending_step: int | None = None
+    pending: dict[str, Any] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
         """True on the one process that writes to W&B."""
         return self.run is not None
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        """Per-step scalars; `step` is the optimizer step so resumed runs line up."""
-        if self.run is not None:
-            self.run.log(metrics, step=step)
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Add to step `step`'s row (the optimizer step, so resumed runs line up); `commit` writes the row."""
+        if self.run is None:
+            return
+        if self.pending_step is not None and step != self.pending_step:
+            self.commit()
+        self.pending_step = step
+        self.pending.update(metrics)
+
+    def commit(self) -> None:
+        """Send the current step's row to W&B as one committed record: call it before reporting the step to Ray."""
+        if self.run is not None and self.pending_step is not None:
+            self.run.log(self.pending, step=self.pending_step, commit=True)
+        self.pending_step, self.pending = None, {}
 
     def log_predictions(self, rows: Sequence[dict[str, Any]], step: int) -> None:
         """A validation table: product image, generated answer, true answer (rows from the loop's sampler)."""
@@ -68,12 +151,13 @@ class Tracker:
                 row["expected"],
                 row["generated"].strip() == row["expected"].strip(),
             )
-        self.run.log({"val/predictions": table}, step=step)
+        self.log({"val/predictions": table}, step=step)
 
     def finish(self, exit_code: int = 0) -> None:
-        """Flush and close the run (offline runs are complete on disk after this); non-zero marks it failed."""
+        """Commit, close and wait until the run is complete on disk; non-zero marks it failed."""
         if self.run is not None:
-            self.run.finish(exit_code=exit_code)
+            self.commit()
+            finish_run(self.run, exit_code=exit_code)
             self.run = None
 
 
@@ -113,10 +197,48 @@ def start_tracking(
         mode=mode,
         config=run_config,
         resume="allow",
-        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        settings=run_settings(),
     )
     run.define_metric("train/*", step_metric="trainer/step")
     return Tracker(run=run)
+
+
+def seal_run(
+    section: WandbSection,
+    location: TrainingRun,
+    run_config: dict[str, Any],
+    *,
+    end_state: str,
+    exit_code: int,
+) -> bool:
+    """Give a run whose writer died (no exit record) its config, group, final state and exit; True if it sealed.
+
+    The sealing attempt is a resume of the same id, so `wandb sync` merges it with the killed attempt's history.
+    """
+    mode = resolve_mode(section)
+    if mode == "disabled":
+        return False
+    attempts = find_offline_runs(location.directory, location.run_id)
+    if attempts and read_offline_run(attempts[-1]).complete:
+        return False
+    _assert_no_secret(run_config)
+    import wandb
+
+    Path(location.directory).mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=section.project,
+        entity=section.entity,
+        group=location.group,
+        id=location.run_id,
+        dir=location.directory,
+        mode=mode,
+        config=run_config,
+        resume="allow",
+        settings=run_settings(),
+    )
+    run.summary["trial/end_state"] = end_state
+    finish_run(run, exit_code=exit_code)
+    return True
 
 
 # ---- reading offline runs back -----------------------------------------------------------------------------------
@@ -136,6 +258,9 @@ class OfflineRun:
     history: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False  # the run's exit record is on disk (wandb's writer may lag finish() by a moment)
     exit_code: int | None = None
+    group: str = ""
+    job_type: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def _records(path: Path) -> Iterator[bytes]:
@@ -185,8 +310,14 @@ def read_offline_run(run_dir: str | os.PathLike[str]) -> OfflineRun:
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
         if kind == "run":
+            result.group = result.group or record.run.run_group
+            result.job_type = result.job_type or record.run.job_type
             for item in record.run.config.update:
                 result.config[item.key] = _decode_value(item.value_json)
+        elif kind == "summary":
+            for item in record.summary.update:
+                key = item.key or "/".join(item.nested_key)
+                result.summary[key] = _decode_value(item.value_json)
         elif kind == "config":
             for item in record.config.update:
                 result.config[item.key] = _decode_value(item.value_json)
@@ -206,18 +337,67 @@ def read_offline_run(run_dir: str | os.PathLike[str]) -> OfflineRun:
     return result
 
 
-def read_complete_offline_run(run_dir: str | os.PathLike[str], timeout_s: float = 30.0) -> OfflineRun:
-    """`read_offline_run`, waiting until the run's exit record has reached the disk."""
-    import time
-
+def read_complete_offline_run(
+    run_dir: str | os.PathLike[str], timeout_s: float = FINISH_WAIT_S
+) -> OfflineRun:
+    """`read_offline_run` once the run's exit record has reached the disk; IncompleteRunError if it never does."""
     deadline = time.monotonic() + timeout_s
     while True:
         run = read_offline_run(run_dir)
-        if run.complete or time.monotonic() > deadline:
+        if run.complete:
             return run
+        if time.monotonic() > deadline:
+            raise IncompleteRunError(
+                f"{run_dir}: the W&B run has no exit record after {timeout_s:.0f} s (its writer was killed?)"
+            )
         time.sleep(0.2)
 
 
+def read_run(directory: str | os.PathLike[str], run_id: str, timeout_s: float = FINISH_WAIT_S) -> OfflineRun:
+    """Every attempt of one run id merged, as `wandb sync` would upload them; the latest attempt must be complete.
+
+    History rows are keyed by step, so a step a retried attempt logged again holds that attempt's values.
+    """
+    attempts = find_offline_runs(directory, run_id)
+    if not attempts:
+        raise FileNotFoundError(f"{directory}: no W&B run files for run id {run_id!r}")
+    runs = [read_offline_run(path) for path in attempts[:-1]]
+    runs.append(read_complete_offline_run(attempts[-1], timeout_s=timeout_s))
+    merged = OfflineRun(run_id=run_id, complete=True, exit_code=runs[-1].exit_code)
+    rows: dict[Any, dict[str, Any]] = {}
+    for run in runs:
+        merged.config.update(run.config)
+        merged.summary.update(run.summary)
+        merged.group = merged.group or run.group
+        merged.job_type = merged.job_type or run.job_type
+        for row in run.history:
+            rows.setdefault(row.get("_step"), {}).update(row)
+    merged.history = [rows[step] for step in sorted(rows, key=lambda s: (s is None, s or 0))]
+    return merged
+
+
 def find_offline_runs(directory: str | os.PathLike[str], run_id: str) -> list[Path]:
-    """All offline-run folders for one run id under `directory` (a resumed run writes one folder per attempt)."""
-    return sorted(Path(directory).rglob(f"offline-run-*-{run_id}"))
+    """All run folders (offline or online) of one run id under `directory`, oldest attempt first.
+
+    A resumed or sealed run writes one folder per attempt, named `[offline-]run-<YYYYmmdd_HHMMSS>-<id>`.
+    """
+    folders = [
+        file.parent
+        for file in Path(directory).rglob(f"run-{run_id}.wandb")
+        if _RUN_FOLDER.match(file.parent.name)
+    ]
+    return sorted(folders, key=_attempt_order)
+
+
+# `[offline-]run-<YYYYmmdd_HHMMSS>-<id>[-<n>]`: wandb adds `-<n>` when a folder of that second already exists.
+_RUN_FOLDER = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-(.+)$")
+
+
+def _attempt_order(folder: Path) -> tuple[str, int]:
+    """Start time, then wandb's same-second index (none first), so the latest attempt sorts last."""
+    match = _RUN_FOLDER.match(folder.name)
+    assert match is not None
+    stamp, rest = match.groups()
+    run_id = next(folder.glob("run-*.wandb")).stem.removeprefix("run-")
+    suffix = rest[len(run_id) + 1 :] if rest.startswith(run_id + "-") else ""
+    return stamp, int(suffix) if suffix.isdigit() else -1

@@ -137,7 +137,10 @@ def test_wandb_evaluation_run_holds_leaderboard_and_product_samples(first_run, t
         group="sweep-test",
         directory=tmp_path,
     )
+    # Returned only once W&B has written the whole run: read at once, with no waiting, it must be complete.
     stored = read_offline_run(run_dir)
+    assert stored.complete and stored.exit_code == 0
+    assert (stored.group, stored.job_type) == ("sweep-test", "evaluation")
     assert stored.config["primary_metric"] == "category_accuracy"
     logged = next(row for row in stored.history if "eval/leaderboard/path" in row)
     assert logged["eval/leaderboard/_type"] == "table-file"

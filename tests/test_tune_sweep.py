@@ -1,7 +1,8 @@
 """End-to-end sweeps on the tiny preset, CPU: real Ray Tune + Train + DeepSpeed, real W&B offline runs.
 
 One 4-trial ASHA sweep (module fixture) proves the W&B runs, the results table and its checkpoints, and early
-stopping; a second sweep is interrupted with Ctrl-C (SIGINT) from a separate driver process and then resumed.
+stopping; a second sweep is interrupted with Ctrl-C (SIGINT) from a separate driver process and then resumed; a
+third has one trial that raises and one whose workers are SIGKILLed, and every W&B run must still read back whole.
 The learning rates form a grid whose last value (1e-7) is hopeless: that trial only starts once another trial
 has already passed ASHA's rung, so the rung always has a better score to compare it with.
 """
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -83,39 +85,53 @@ def asha_sweep(
     return config, run_sweep(config)
 
 
-def _wandb_runs(directory: Path) -> dict[str, dict[str, Any]]:
-    """run id → {group, job_type, config} read from each offline `.wandb` file with wandb's own protobuf."""
-    from wandb.proto import wandb_internal_pb2 as pb
+def _complete_runs(directory: Path, run_ids: set[str]) -> dict[str, Any]:
+    """run id → the run read back from its offline files; fails unless every run's latest attempt has its exit."""
+    from phi3v_ray.tracking import read_run
 
-    from phi3v_ray.tracking import _records, read_offline_run
+    return {run_id: read_run(directory, run_id, timeout_s=30) for run_id in run_ids}
 
-    runs = {}
-    for run_dir in sorted(directory.rglob("offline-run-*")):
-        (run_file,) = run_dir.glob("*.wandb")
-        group = job_type = None
-        for payload in _records(run_file):
-            record = pb.Record()
-            record.ParseFromString(payload)
-            if record.WhichOneof("record_type") == "run":
-                group, job_type = record.run.run_group, record.run.job_type
-        offline = read_offline_run(run_dir)
-        runs[offline.run_id] = {"group": group, "job_type": job_type, "config": offline.config}
-    return runs
+
+def _steps(run: Any, key: str) -> list[int]:
+    return [row["_step"] for row in run.history if key in row]
+
+
+def _reported_steps(sweep_dir: Path, trial_id: str) -> list[int]:
+    """Steps the trial reported to Tune (its result.json), i.e. what the scheduler saw before deciding."""
+    (result_file,) = [path for path in sweep_dir.glob(f"run_trial_*{trial_id}*/result.json")]
+    lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+    return [int(line["step"]) for line in lines if "step" in line and not line.get("trial_finished")]
 
 
 def test_four_trial_sweep_logs_four_wandb_runs_in_one_group_with_distinct_rank_lr_pairs(asha_sweep) -> None:
     config, outcome = asha_sweep
-    runs = _wandb_runs(sweep_directory(config) / "wandb")
     trial_ids = {row.trial_id for row in outcome.rows}
-    assert len(trial_ids) == 4 and trial_ids <= set(runs)
+    assert len(trial_ids) == 4
+    runs = _complete_runs(sweep_directory(config) / "wandb", trial_ids | {outcome.summary_run_id})
     trial_runs = [runs[trial_id] for trial_id in trial_ids]
-    assert {run["group"] for run in trial_runs} == {"asha"}
-    pairs = {(run["config"]["lora"]["rank"], run["config"]["optim"]["lr"]) for run in trial_runs}
+    assert {run.group for run in trial_runs} == {"asha"}
+    pairs = {(run.config["lora"]["rank"], run.config["optim"]["lr"]) for run in trial_runs}
     assert len(pairs) == 4
     for run in trial_runs:  # the derived key is in each run's config too
-        assert run["config"]["lora"]["alpha"] == 2 * run["config"]["lora"]["rank"]
+        assert run.config["lora"]["alpha"] == 2 * run.config["lora"]["rank"]
     summary = runs[outcome.summary_run_id]
-    assert (summary["group"], summary["job_type"]) == ("asha", "sweep-summary")
+    assert (summary.group, summary.job_type) == ("asha", "sweep-summary")
+
+
+def test_every_trial_run_reads_back_whole_with_history_to_its_last_reported_step(asha_sweep) -> None:
+    config, outcome = asha_sweep
+    sweep_dir = sweep_directory(config)
+    runs = _complete_runs(sweep_dir / "wandb", {row.trial_id for row in outcome.rows})
+    stopped = [row for row in outcome.rows if row.status == STOPPED_EARLY]
+    assert stopped  # ASHA killed these trials' workers mid-run: their runs were sealed by the sweep driver
+    for row in outcome.rows:
+        run = runs[row.trial_id]
+        assert run.exit_code == 0, row
+        last_reported = max(_reported_steps(sweep_dir, row.trial_id))
+        assert max(_steps(run, "train/loss")) >= last_reported, row
+        assert last_reported in _steps(run, "val/loss"), row  # every report follows a validation here
+    for row in stopped:
+        assert runs[row.trial_id].summary["trial/end_state"] == STOPPED_EARLY
 
 
 def test_results_csv_lists_every_trial_with_a_best_checkpoint_that_loads(asha_sweep) -> None:
@@ -148,6 +164,64 @@ def test_asha_stops_the_hopeless_trial_early_and_its_status_says_so(asha_sweep) 
     hopeless = next(r for r in outcome.rows if r.hyperparameters["optim.lr"] == pytest.approx(1e-7))
     assert hopeless.status == STOPPED_EARLY and "stopped by the scheduler" in hopeless.reason
     assert hopeless.validations < max(r.validations for r in by_status[FINISHED])
+
+
+def _kill_train_workers_once_a_checkpoint_exists(
+    sweep_dir: Path, killed: list[int], stop: threading.Event
+) -> None:
+    """SIGKILL every live Ray Train worker once some trial has saved checkpoint_000002 (one trial runs at a time)."""
+    from ray.util.state import list_actors
+
+    while not stop.is_set():
+        if any(sweep_dir.glob("*/checkpoint_000002")):
+            workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGKILL)
+                killed.append(worker.pid)
+            if killed:
+                return
+        time.sleep(0.2)
+
+
+def test_failed_and_killed_trials_leave_complete_wandb_runs(ray_local, catalog: Path, tmp_path: Path) -> None:
+    from phi3v_ray.tune.results import FAILED
+
+    config = load_experiment(
+        REPO / "experiments" / "demo.yaml",
+        [
+            *_overrides(catalog, tmp_path / "runs", "ends"),
+            "run.max_steps=40",  # the killed trial is still training when its checkpoint at step 2 appears
+            "tune.search_space={run.fail_at_step: {grid: [1, 1000]}}",  # 1 raises at once, 1000 never fires
+            "tune.num_samples=1",
+            "tune.scheduler=fifo",
+            "tune.max_concurrent_trials=1",
+        ],
+    )
+    sweep_dir = sweep_directory(config)
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(
+        target=_kill_train_workers_once_a_checkpoint_exists, args=(sweep_dir, killed, stop), daemon=True
+    )
+    killer.start()
+    try:
+        outcome = run_sweep(config)
+    finally:
+        stop.set()
+        killer.join(timeout=30)
+    assert killed, "no Train worker was killed"
+    assert [row.status for row in outcome.rows] == [FAILED, FAILED], outcome.table
+    runs = _complete_runs(sweep_dir / "wandb", {row.trial_id for row in outcome.rows})
+    by_fail_step = {row.hyperparameters["run.fail_at_step"]: runs[row.trial_id] for row in outcome.rows}
+    raised, killed_run = by_fail_step[1], by_fail_step[1000]
+    for run in (raised, killed_run):
+        assert run.exit_code == 1 and run.group == "ends"
+        assert run.config["optim"]["lr"] == config.optim.lr
+    assert _steps(raised, "train/loss") == [1]  # the step it raised at was logged before the exception
+    assert raised.config["run"]["fail_at_step"] == 1
+    killed_id = next(row.trial_id for row in outcome.rows if row.hyperparameters["run.fail_at_step"] == 1000)
+    assert max(_steps(killed_run, "train/loss")) >= max(_reported_steps(sweep_dir, killed_id)) >= 2
+    assert killed_run.summary["trial/end_state"] == FAILED
 
 
 def _finished_trials(sweep_dir: Path) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from phi3v_ray.config import WandbSection
-from phi3v_ray.tracking import resolve_mode
+from phi3v_ray.tracking import finish_run, resolve_mode, run_settings
 
 
 def _canvas_image(pixel_values: Any, image_size: Any) -> np.ndarray:
@@ -72,7 +72,7 @@ def log_evaluation(
             "primary_metric": primary_metric,
             "contestants": leaderboard["checkpoint"].astype(str).tolist(),
         },
-        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        settings=run_settings(),
     )
     try:
         table_frame = leaderboard.astype({"checkpoint": str}).replace({np.nan: None})
@@ -87,7 +87,8 @@ def log_evaluation(
         best = leaderboard.iloc[0]
         run.summary["eval/best_checkpoint"] = str(best["checkpoint"])
         run.summary[f"eval/best_{primary_metric}"] = float(best[primary_metric])
-        run_dir = Path(run.dir).parent
-    finally:
-        run.finish()
-    return run_dir
+    except BaseException:
+        finish_run(run, exit_code=1)
+        raise
+    # Only a run whose exit record is on disk is reported as written (None otherwise, with a warning logged).
+    return finish_run(run)

@@ -113,6 +113,16 @@ def build_trainer(
     )
 
 
+def seal_training_run(
+    config: ExperimentConfig, *, run_name: str, trial: str | None, end_state: str, exit_code: int
+) -> bool:
+    """Close the W&B run of a training run whose workers are gone, if they could not (killed, stopped)."""
+    from phi3v_ray.tracking import TrainingRun, seal_run
+
+    location = TrainingRun.of(config.wandb, run_name=run_name, storage_path=storage_path(config), trial=trial)
+    return seal_run(config.wandb, location, config.to_plain(), end_state=end_state, exit_code=exit_code)
+
+
 def fit(config: ExperimentConfig) -> Any:
     """Check capacity, build the prepared datasets, train; returns the ray.train.Result."""
     check_capacity(config)
@@ -124,4 +134,12 @@ def fit(config: ExperimentConfig) -> Any:
         ray.init()  # RAY_ADDRESS picks a running cluster; otherwise a local one (after the capacity check)
 
     result = build_trainer(config, build_train_datasets(config)).fit()
+    failed = result.error is not None
+    seal_training_run(
+        config,
+        run_name=config.run.name,
+        trial=None,
+        end_state="failed" if failed else "finished",
+        exit_code=1 if failed else 0,
+    )
     return result

@@ -11,7 +11,6 @@ is initialised here directly (no ray.train.torch.prepare_model).
 from __future__ import annotations
 
 import math
-import re
 import resource
 import shutil
 import tempfile
@@ -80,17 +79,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state.resumed = True
 
     # 4. Tracking on rank 0 only.
-    from phi3v_ray.tracking import start_tracking
+    from phi3v_ray.tracking import TrainingRun, start_tracking
 
     run_name = loop_config["run_name"]
+    location = TrainingRun.of(
+        config.wandb,
+        run_name=run_name,
+        storage_path=loop_config["storage_path"],
+        trial=loop_config.get("trial"),
+    )
     tracker = start_tracking(
         config.wandb,
         config.to_plain(),
         rank=rank,
-        run_id=_wandb_id(run_name, loop_config.get("trial")),
+        run_id=location.run_id,
         run_name=run_name,
-        group=config.wandb.group or run_name,
-        directory=config.wandb.dir or f"{loop_config['storage_path']}/{run_name}",
+        group=location.group,
+        directory=location.directory,
     )
 
     # 5. The loop.
@@ -133,6 +138,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     validation = _validate(engine, processor, val_shard, config, device, rank, world)
                     tracker.log({"val/loss": validation.loss, "trainer/step": state.step}, step=state.step)
                     tracker.log_predictions(validation.predictions, step=state.step)
+                # The step's row reaches W&B before Ray hears of the step: after the report the trial may be stopped.
+                tracker.commit()
                 report = metrics | {"val_loss": validation.loss, "val_step": validation.step}
                 if should_save:
                     _save_and_report(
@@ -219,11 +226,6 @@ def _total_steps(config: ExperimentConfig, train_rows: int | None, world: int) -
         raise RuntimeError("train_rows is needed when run.max_steps is not set (the launcher counts it)")
     per_step = train_batch_size(config, world)
     return config.run.epochs * max(1, train_rows // per_step)
-
-
-def _wandb_id(run_name: str, trial: str | None) -> str:
-    """Stable per run (so a retry or re-run appends to the same W&B run) and within W&B's id alphabet."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", trial or run_name)[:64]
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------

@@ -257,7 +257,7 @@ def log_sweep_summary(
     run_id: str,
 ) -> str | None:
     """One extra W&B run in the sweep's group (job_type sweep-summary) holding the trials table; returns its id."""
-    from phi3v_ray.tracking import resolve_mode
+    from phi3v_ray.tracking import finish_run, resolve_mode, run_settings
 
     wandb_mode = resolve_mode(wandb_section)
     if wandb_mode == "disabled":
@@ -281,7 +281,7 @@ def log_sweep_summary(
         mode=wandb_mode,
         resume="allow",
         config={"sweep": group, "trials": len(rows)},
-        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        settings=run_settings(),
     )
     run.log({"sweep/trials": table})
     scored = [r for r in rows if r.best_metric is not None]
@@ -292,5 +292,4 @@ def log_sweep_summary(
         run.summary["best_checkpoint"] = best.best_checkpoint or ""
     for status in (FINISHED, STOPPED_EARLY, FAILED, INTERRUPTED):
         run.summary[f"trials_{status.replace(' ', '_')}"] = sum(r.status == status for r in rows)
-    run.finish()
-    return run_id
+    return run_id if finish_run(run) is not None else None

@@ -24,9 +24,12 @@ from phi3v_ray.config import ExperimentConfig, config_from_dict
 from phi3v_ray.errors import ConfigError
 from phi3v_ray.tune import resources
 from phi3v_ray.tune.results import (
+    FAILED,
+    FINISHED,
     FINISHED_KEY,
     RESULTS_FILE,
     STEP_KEY,
+    STOPPED_EARLY,
     VAL_STEP_KEY,
     TrialRow,
     format_table,
@@ -296,6 +299,31 @@ def saved_trial_states(sweep_dir: Path) -> dict[str, tuple[str, str]]:
     return {os.path.normpath(str(trial.path)): (trial.trial_id, trial.status) for trial in analysis.trials}
 
 
+# How each way a trial can end is recorded in its W&B run (exit code 0 unless it failed).
+ENDED_STATES = {FINISHED: 0, STOPPED_EARLY: 0, FAILED: 1}
+
+
+def seal_trial_run(
+    config: ExperimentConfig, space: SearchSpace, sampled: Mapping[str, Any], row: TrialRow
+) -> None:
+    """A trial that ASHA stopped or that failed had its workers killed: give its W&B run its end from here.
+
+    Interrupted trials are left open: a resumed sweep continues the same run.
+    """
+    from phi3v_ray.train.launcher import seal_training_run
+
+    if row.status not in ENDED_STATES:
+        return
+    trial = trial_config(config, space, sampled, row.trial_id)
+    seal_training_run(
+        trial,
+        run_name=row.trial_id,
+        trial=row.trial_id,
+        end_state=row.status,
+        exit_code=ENDED_STATES[row.status],
+    )
+
+
 def finish_sweep(
     config: ExperimentConfig,
     space: SearchSpace,
@@ -314,7 +342,9 @@ def finish_sweep(
     for result in grid:
         sampled = {key: value for key, value in (result.config or {}).items() if key in space.keys}
         trial_id, state = states.get(os.path.normpath(str(result.path)), (None, None))
-        rows.append(trial_row(result, space.full_sample(sampled), metric, mode, state, trial_id))
+        row = trial_row(result, space.full_sample(sampled), metric, mode, state, trial_id)
+        seal_trial_run(config, space, sampled, row)
+        rows.append(row)
     rows = sort_rows(rows, mode)
     csv_path = write_results_csv(rows, sweep_dir / RESULTS_FILE, space.keys, metric)
     table = format_table(rows, space.keys, metric)
