@@ -207,3 +207,15 @@ def test_mixed_adapter_generate_equals_one_contestant_at_a_time(sweep, processor
     for spec in predictor.specs:
         assert mixed[spec.name] == predictor.answers_for(spec, collated), spec.name
     assert mixed["trained"] != mixed["untrained"]
+
+
+def test_unscorable_message_lists_each_broken_contestant_or_says_none_was_given() -> None:
+    from phi3v_ray.evaluation.checkpoints import BrokenCheckpoint
+    from phi3v_ray.evaluation.job import unscorable_message
+
+    assert unscorable_message([]) == "no contestant could be scored: none given"
+    broken = [
+        BrokenCheckpoint("a", Path("a"), "meta.json missing"),
+        BrokenCheckpoint("b", Path("b"), "bad adapter"),
+    ]
+    assert unscorable_message(broken) == "no contestant could be scored: a: meta.json missing; b: bad adapter"

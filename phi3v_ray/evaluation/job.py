@@ -159,6 +159,12 @@ def _cache_path(cache_dir: Path, content_key: str) -> Path:
     return cache_dir / f"{content_key}.parquet"
 
 
+def unscorable_message(broken: list[BrokenCheckpoint]) -> str:
+    """Why nothing could be scored: every broken contestant with its reason, or that none was given at all."""
+    reasons = "; ".join(f"{b.name}: {b.reason}" for b in broken)
+    return f"no contestant could be scored: {reasons or 'none given'}"
+
+
 def evaluate(
     dataset: Any,
     checkpoint_paths: list[str],
@@ -215,10 +221,7 @@ def evaluate(
 
     scorable = predictions[predictions["load_error"].isna()]
     if scorable.empty:
-        raise CheckpointError(
-            "no contestant could be scored: " + "; ".join(f"{b.name}: {b.reason}" for b in broken)
-            or "none given"
-        )
+        raise CheckpointError(unscorable_message(broken))
     scores = score_by_contestant(scorable)
     scores.insert(1, "kind", scores["checkpoint"].map(kinds).fillna("lora"))
     leaderboard = rank_contestants(scores, settings.primary_metric)
