@@ -64,6 +64,7 @@ def _stage(number: int, total: int, title: str, echo: Callable[[str], None]) -> 
 
 def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage, print the leaderboard and where things are; returns paths and the leaderboard rows."""
+    config = demo_config(plan)  # first: a missing or invalid demo.yaml fails before Ray, torch and any output
     import ray
     from tqdm import tqdm
 
@@ -73,7 +74,6 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict[str, A
 
     out = plan.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    config = demo_config(plan)
     started = time.perf_counter()
     total = 6
     timings: dict[str, float] = {}

@@ -153,6 +153,7 @@ def test_missing_packaged_file_fails_naming_it(installed: Path, tmp_path: Path) 
     assert f"error: {packaged_name(DEMO_EXPERIMENT)}: " in demo.stderr
     assert "does not contain demo.yaml" in demo.stderr
     assert "Traceback" not in demo.stderr
+    assert not (tmp_path / "out").exists()  # it failed before doing anything
 
 
 def test_missing_packaged_file_error_in_process() -> None:
