@@ -95,9 +95,10 @@ def test_lockcheck_reports_versions_outside_the_lock() -> None:
     lockcheck = _lockcheck()
     lock = {"torch": "2.13.0", "ray": "2.60.0", "nvidia-nccl-cu13": "2.29.7"}
     # The CPU build's local label matches; locked packages a machine does not need are fine.
-    assert lockcheck.differences(lock, {"torch": "2.13.0+cpu", "ray": "2.60.0", "phi3v-ray": "0.1.0"}) == []
-    problems = lockcheck.differences(lock, {"torch": "2.14.1", "ray": "2.60.0", "boto3": "1.40.0"})
-    assert problems == [
-        "boto3==1.40.0 is installed but not in the lock",
-        "torch==2.14.1 is installed but the lock pins torch==2.13.0",
+    fine = {"torch": "2.13.0+cpu", "ray": "2.60.0", "phi3v-ray": "0.1.0"}
+    assert lockcheck.differences(lock, fine) == [] and lockcheck.unlocked(lock, fine) == []
+    present = {"torch": "2.14.1", "ray": "2.60.0", "boto3": "1.40.0"}
+    assert lockcheck.differences(lock, present) == [
+        "torch==2.14.1 is installed but the lock pins torch==2.13.0"
     ]
+    assert lockcheck.unlocked(lock, present) == ["boto3==1.40.0 is installed but not in the lock"]

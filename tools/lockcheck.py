@@ -1,11 +1,12 @@
 """Check that the running environment holds exactly the lock's versions.
 
-    python tools/lockcheck.py locks/py311-linux-x86_64.txt
+    python tools/lockcheck.py locks/py311-linux-x86_64.txt [--strict]
 
-Every installed distribution (except phi3v-ray itself) must appear in the lock with the same version; a local
-version label is ignored (torch 2.13.0+cpu matches torch==2.13.0). Locked packages that are not installed are fine:
-the lock is used as a constraints file, so a CPU machine installs no nvidia-* packages and only the head node
-installs boto3. Exits 1 and lists every difference otherwise.
+Every installed distribution that the lock pins must have the locked version; a local version label is ignored
+(torch 2.13.0+cpu matches torch==2.13.0). Locked packages that are not installed are fine: the lock is used as a
+constraints file, so a CPU machine installs no nvidia-* packages and only the head node installs boto3. Installed
+distributions the lock does not know (phi3v-ray itself aside) are listed as a warning, or as an error with
+--strict (a fresh venv: then the lock is missing a package). Exits 1 and lists every difference otherwise.
 """
 
 from __future__ import annotations
@@ -48,26 +49,38 @@ def installed() -> dict[str, str]:
 
 
 def differences(lock: dict[str, str], present: dict[str, str]) -> list[str]:
-    """One line per installed distribution that the lock lacks or pins at another version."""
-    problems = []
-    for name, version in sorted(present.items()):
-        if name == PROJECT:
-            continue
-        if name not in lock:
-            problems.append(f"{name}=={version} is installed but not in the lock")
-        elif version.split("+", 1)[0] != lock[name]:
-            problems.append(f"{name}=={version} is installed but the lock pins {name}=={lock[name]}")
-    return problems
+    """One line per installed distribution that the lock pins at another version."""
+    return [
+        f"{name}=={version} is installed but the lock pins {name}=={lock[name]}"
+        for name, version in sorted(present.items())
+        if name in lock and version.split("+", 1)[0] != lock[name]
+    ]
+
+
+def unlocked(lock: dict[str, str], present: dict[str, str]) -> list[str]:
+    """One line per installed distribution the lock does not pin (the project itself aside)."""
+    return [
+        f"{name}=={version} is installed but not in the lock"
+        for name, version in sorted(present.items())
+        if name not in lock and name != PROJECT
+    ]
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    strict = "--strict" in argv
+    paths = [arg for arg in argv if arg != "--strict"]
+    if len(paths) != 1:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    lock_path = Path(argv[0])
+    lock_path = Path(paths[0])
     lock = read_lock(lock_path)
     present = installed()
     problems = differences(lock, present)
+    extra = unlocked(lock, present)
+    if strict:
+        problems += extra
+    elif extra:
+        print(f"{lock_path}: warning: not from the lock:", *extra, sep="\n  ", file=sys.stderr)
     if problems:
         print(f"{lock_path}: this environment differs from the lock:", *problems, sep="\n  ", file=sys.stderr)
         return 1

@@ -48,6 +48,6 @@ echo
 [ "$compile_only" = 1 ] && exit 0
 
 VENV="$WORK/venv" ./setup.sh
-"$WORK/venv/bin/python" tools/lockcheck.py "$LOCK"
+"$WORK/venv/bin/python" tools/lockcheck.py "$LOCK" --strict
 "$WORK/venv/bin/python" -m pytest -q "${pytest_args[@]}"
 echo "the suite passed on the re-resolved lock (venv: $WORK/venv); commit $LOCK"
