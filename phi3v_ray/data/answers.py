@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from phi3v_ray.errors import DataError
@@ -36,11 +37,20 @@ _LABEL_TO_FIELD = {
 }
 # Special tokens (<|end|>, <|assistant|>, <s>, </s>) and markdown emphasis carry no answer content.
 _NOISE_PATTERN = re.compile(r"<\|[^|>]*\|>|</?s>|\*\*|__")
-# A number with optional sign, thousands separators (1,234 / 1 234 / 1.234,5) and decimals or an exponent.
+# A number with optional sign: grouped thousands (1,234.5 / 1.234,5 / 1 234,5 / 1'234.5) or a plain number with
+# one decimal mark or an exponent. Which mark is the decimal one is decided afterwards, in `_normalise_number`.
+_GROUP_SPACES = " \u00a0\u202f'\u2019"
 _NUMBER_PATTERN = re.compile(
-    r"(?P<sign>-)?\s*(?P<number>\d{1,3}(?:[,\u00a0 ']\d{3})+(?:\.\d+)?"
-    r"|\d{1,3}(?:\.\d{3})+,\d+"
+    r"(?P<sign>-)?\s*(?P<number>"
+    rf"\d{{1,3}}(?:[{_GROUP_SPACES}]\d{{3}})+(?:[.,]\d+)?"
+    r"|\d{1,3}(?:,\d{3})+(?:\.\d+)?"
+    r"|\d{1,3}(?:\.\d{3})+(?:,\d+)?"
     r"|\d+(?:[.,]\d+)?(?:[eE][-+]?\d+)?)"
+)
+_CURRENCY_CODES = re.compile(
+    r"(?<![A-Za-z])(?:EUR|USD|GBP|CHF|JPY|CNY|SEK|NOK|DKK|PLN|CZK|HUF|AUD|CAD|HKD|SGD|KRW|INR|TRY|BRL|MXN|AED)"
+    r"(?![A-Za-z])|\b(?:euros?|dollars?|pounds?|francs?)\b",
+    re.IGNORECASE,
 )
 _SCALE_SUFFIX = re.compile(r"^\s*(k|m)\b", re.IGNORECASE)
 
@@ -91,18 +101,52 @@ def format_answer(title: str, category: str, full_price: float) -> str:
     return f"Product: {clean_title}, Category: {clean_category}, Full Price: {format_price(price)}"
 
 
+def _has_currency_marker(text: str) -> bool:
+    """True when a price field names its currency: a currency sign (€ $ £ ¥ ...) or a code/word (EUR, USD, euro)."""
+    return any(unicodedata.category(ch) == "Sc" for ch in text) or _CURRENCY_CODES.search(text) is not None
+
+
+def _normalise_number(raw: str, has_currency: bool) -> str:
+    """The number as Python's float() reads it, deciding which of `,` and `.` is the decimal mark (see parse_price)."""
+    if "e" in raw.lower():
+        return raw.replace(",", ".")
+    digits = re.sub(f"[{_GROUP_SPACES}]", "", raw)
+    commas, dots = digits.count(","), digits.count(".")
+    if commas and dots:  # both marks: the last one is the decimal mark (1,250.50 / 1.250,50)
+        decimal, grouping = (",", ".") if digits.rfind(",") > digits.rfind(".") else (".", ",")
+        return digits.replace(grouping, "").replace(decimal, ".")
+    if not commas and not dots:
+        return digits
+    mark, count = (",", commas) if commas else (".", dots)
+    if count > 1:  # 1,250,000 / 1.250.000: only thousands groups repeat
+        return digits.replace(mark, "")
+    if digits != raw:  # spaces or apostrophes group the thousands, so the one mark left is the decimal mark
+        return digits.replace(mark, ".")
+    head, tail = digits.split(mark)
+    grouped = len(tail) == 3 and len(head) <= 3 and head != "0"
+    if grouped and (mark == "," or has_currency):
+        return head + tail
+    return f"{head}.{tail}"
+
+
 def parse_price(text: str) -> tuple[float | None, str | None]:
-    """Read the first number in a price field ("$2,390.00", "USD 2390", "2.390,00 €", "1.2k"); returns (price, error)."""
+    """Read the first number in a price field; returns (price, error).
+
+    US and European conventions are both read: "$2,390.00", "2390.00", "USD 2390" and "2.390,00 €", "1 250,50 €",
+    "1'250.50", "1.250.000" all give the amounts a person would read; "1.2k" and "3M" are scaled. When both `,` and
+    `.` appear, the last one is the decimal mark; spaces, no-break spaces and apostrophes only ever group thousands.
+    A lone mark is the ambiguous case, read as:
+    - a comma followed by exactly three digits after one to three digits ("2,390", "12,500") groups thousands
+      (the US reading); any other lone comma is a decimal comma ("2390,5", "12,50", "0,500");
+    - a dot followed by exactly three digits after one to three digits ("2.390") groups thousands only when the
+      field names a currency ("2.390 €", "EUR 2.390"); without one it is a decimal point (2.39), as Python's float
+      repr writes it; any other lone dot is a decimal point ("2390.00", "2.39").
+    """
     match = _NUMBER_PATTERN.search(text)
     if match is None:
         return None, f"no number in price field {text.strip()[:40]!r}"
     raw = match.group("number")
-    if re.fullmatch(r"\d{1,3}(?:\.\d{3})+,\d+", raw):  # European: 2.390,00
-        normalised = raw.replace(".", "").replace(",", ".")
-    elif re.fullmatch(r"\d+,\d{1,2}", raw):  # decimal comma: 2390,5
-        normalised = raw.replace(",", ".")
-    else:
-        normalised = re.sub(r"[,\u00a0 ']", "", raw)
+    normalised = _normalise_number(raw, _has_currency_marker(text))
     try:
         value = float(normalised)
     except ValueError:

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from phi3v_ray.data import prepared
 from phi3v_ray.data.images import DEFAULT_MAX_PIXELS, decode_image
+from phi3v_ray.data.schema import parse_product_code
 from phi3v_ray.errors import DataError
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def prepare_row(
 
     path = row.get("local_image_path")
     path_text = None if _is_missing(path) else str(path)
-    product_code = _as_product_code(row.get("product_code"))
+    product_code, code_problem = parse_product_code(row.get("product_code"))
 
     def reject(reason: str, detail: str) -> tuple[None, dict[str, Any]]:
         return None, {
@@ -142,7 +143,7 @@ def prepare_row(
     if not _is_missing(status) and str(status) != "ok":
         return reject(REASON_NOT_FETCHED, f"manifest status {status!r}")
     if product_code is None:
-        return reject(REASON_BAD_PRODUCT_CODE, f"product_code {row.get('product_code')!r} is not an integer")
+        return reject(REASON_BAD_PRODUCT_CODE, str(code_problem))
     title, category, full_price = row.get("title"), row.get("category3_code"), row.get("full_price")
     try:
         answer = format_answer(title, category, full_price)
@@ -174,16 +175,6 @@ def prepare_row(
 
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def _as_product_code(value: Any) -> int | None:
-    if _is_missing(value) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(number) if math.isfinite(number) and number.is_integer() else None
 
 
 def rejects_table(records: Sequence[dict[str, Any]]) -> pa.Table:

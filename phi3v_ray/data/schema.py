@@ -9,6 +9,8 @@ and what was expected.
 from __future__ import annotations
 
 import math
+import numbers
+import re
 from collections.abc import Iterable
 
 import pandas as pd
@@ -67,16 +69,59 @@ def require_columns(df: pd.DataFrame, source: str) -> None:
         )
 
 
+_INT64_MAX = 2**63 - 1
+_EXACT_FLOAT_MAX = 2**53  # beyond this a float no longer holds every whole number exactly
+_WHOLE_NUMBER_TEXT = re.compile(r"\+?(\d+)(?:\.0*)?")
+
+
+def parse_product_code(value: object) -> tuple[int | None, str | None]:
+    """The one product-code rule, used by validation and by the preparation pipeline: (code, None) or (None, why).
+
+    A product code is a whole number from 0 to 2**63-1, given as an int, an integral float or its text: 12, 12.0,
+    "12" and "12.0" (what a float-typed CSV or parquet column holds) all read as 12. Everything else is refused
+    with a reason naming the value: a fraction (12.5, "12.5"), a sign (-12), NaN/inf, an empty cell, a boolean,
+    any other text, and floats above 2**53, which cannot hold every whole number exactly.
+    """
+    shown = repr(value[:30]) if isinstance(value, str) else str(value)[:30]
+    if _is_null(value) or (isinstance(value, str) and not value.strip()):
+        return None, "product_code is empty, expected a whole number"
+    if isinstance(value, bool):
+        return None, f"product_code {shown} is a boolean, expected a whole number"
+    if isinstance(value, numbers.Integral):
+        code = int(value)
+    elif isinstance(value, numbers.Real):
+        number = float(value)
+        if not math.isfinite(number):
+            return None, f"product_code {shown} is not a finite number, expected a whole number"
+        if not number.is_integer():
+            return None, f"product_code {shown} has a fractional part, expected a whole number"
+        if abs(number) > _EXACT_FLOAT_MAX:
+            return (
+                None,
+                f"product_code {shown} is too large to be exact as a float; store codes as integers or text",
+            )
+        code = int(number)
+    else:
+        text = str(value).strip()
+        match = _WHOLE_NUMBER_TEXT.fullmatch(text)
+        if match is None:
+            if re.fullmatch(r"[-+]?\d*\.\d+", text):
+                reason = "is negative" if text.startswith("-") else "has a fractional part"
+                return None, f"product_code {shown} {reason}, expected a whole number"
+            if re.fullmatch(r"-\d+", text):
+                return None, f"product_code {shown} is negative, expected a whole number"
+            return None, f"product_code {shown} is not a whole number"
+        code = int(match.group(1))
+    if code < 0:
+        return None, f"product_code {shown} is negative, expected a whole number"
+    if code > _INT64_MAX:
+        return None, f"product_code {shown} does not fit in 64 bits"
+    return code, None
+
+
 def _to_int(value: object) -> int | None:
-    """An integer product code from an int, an integral float or a digit string; None when it is none of these."""
-    if _is_null(value) or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    text = str(value).strip()
-    return int(text) if text.isdigit() else None
+    """A whole number by the product-code rule, or None (the row is then rejected with the rule's reason)."""
+    return parse_product_code(value)[0]
 
 
 def _to_float(value: object) -> float | None:
@@ -111,9 +156,9 @@ def _row_problem(row: dict, seen_codes: dict[int, int], position: int) -> str | 
         return "empty_title: title is empty, expected the product name"
     if _to_float(row["full_price"]) is None:
         return f"bad_price: full_price {str(row['full_price'])[:30]!r} is not a finite number"
-    code = _to_int(row["product_code"])
+    code, code_problem = parse_product_code(row["product_code"])
     if code is None:
-        return f"bad_product_code: product_code {str(row['product_code'])[:30]!r} is not an integer"
+        return f"bad_product_code: {code_problem}"
     if code in seen_codes:
         return f"duplicate_product_code: product_code {code} already used by row {seen_codes[code]}"
     seen_codes[code] = position
