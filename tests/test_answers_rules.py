@@ -122,3 +122,17 @@ def test_a_parsed_answer_is_immutable_so_it_can_key_a_cache() -> None:
 def test_an_unreadable_answer_quotes_at_most_sixty_characters_of_it() -> None:
     text = "x" * 59 + "yz" + " tail" * 10
     assert parse_answer(text).error == f"no Product/Category/Full Price fields in {text[:60]!r}"
+
+
+def test_a_lone_comma_groups_thousands_only_after_one_to_three_digits() -> None:
+    assert parse_price("123,456") == (123456.0, None)
+    assert parse_price("1234,567") == (1234.567, None)  # four digits cannot lead a thousands group
+
+
+def test_a_labelled_value_ends_at_its_line_even_before_the_next_label() -> None:
+    parsed = parse_answer("Product: Lola Bag\nI think it suits you.\nCategory: BAGS\nFull Price: 10")
+    assert (parsed.title, parsed.category, parsed.full_price) == ("Lola Bag", "BAGS", 10.0)
+
+
+def test_two_unlabelled_fields_are_not_an_answer_even_with_a_number_last() -> None:
+    assert parse_answer("Lola Bag, 990").error == "no Product/Category/Full Price fields in 'Lola Bag, 990'"

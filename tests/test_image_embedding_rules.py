@@ -95,3 +95,23 @@ def test_token_counts_follow_each_canvas_size(embedding: Phi3VImageEmbedding) ->
         for h, w in [(size, size), (2 * size, size), (size, 3 * size)]
     ]
     assert counts[1] != counts[2]  # rows and columns are not interchangeable (a newline ends every row)
+
+
+@pytest.mark.parametrize(
+    ("size", "problem"),
+    [
+        ((0, 1), "expected positive multiples of the crop size"),
+        ((1, 0), "expected positive multiples of the crop size"),
+        ((1, 3), "but pixel_values is only"),  # only the width is too large
+        ((3, 1), "but pixel_values is only"),
+    ],
+)
+def test_image_sizes_outside_the_canvas_or_not_whole_crops_are_refused(
+    embedding: Phi3VImageEmbedding, size: tuple[int, int], problem: str
+) -> None:
+    from phi3v_ray.errors import DataError
+
+    crop = embedding.crop_size
+    pixels = torch.zeros((1, 3, 2 * crop, 2 * crop), dtype=torch.uint8)
+    with pytest.raises(DataError, match=problem):
+        embedding(pixels, torch.tensor([[size[0] * crop, size[1] * crop]]))

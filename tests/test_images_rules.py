@@ -30,7 +30,7 @@ def test_an_image_of_exactly_the_pixel_limit_is_kept_and_one_more_pixel_is_refus
 
 
 def test_the_default_pixel_limit_is_64_megapixels(tmp_path: Path) -> None:
-    from tests.image_bombs import write_pixel_bomb_png
+    from image_bombs import write_pixel_bomb_png
 
     assert DEFAULT_MAX_PIXELS == 64_000_000
     at_limit = write_pixel_bomb_png(tmp_path / "limit.png", 8000, 8000)  # header only: never decoded
@@ -66,10 +66,15 @@ def test_default_crop_settings_are_sixteen_crops_of_336(tmp_path: Path) -> None:
     ("mode", "value", "grey"),
     [
         ("I", 200, 200),  # 32-bit integer data within 8 bits: kept as is
+        ("I", 255, 255),
+        ("I", 256, round(256 * 255 / 65535)),  # one past 8 bits: the whole image is read as 16-bit
         ("I", 4000, round(4000 * 255 / 65535)),  # wider than 8 bits: read as 16-bit
         ("I;16", 200, round(200 * 255 / 65535)),  # declared 16-bit: always rescaled
         ("F", 0.5, 128),  # float in [0, 1]: unit range
+        ("F", 1.0, 255),
+        ("F", 2.0, 2),  # just past unit range: 8-bit values
         ("F", 100.0, 100),  # float beyond 1: 8-bit values
+        ("F", 300.0, 255),  # out of range: clipped, not wrapped around
     ],
 )
 def test_high_bit_depth_greyscale_is_rescaled_by_its_range(tmp_path: Path, mode, value, grey) -> None:
@@ -88,3 +93,24 @@ def test_an_rgb_image_keeps_its_pixels_and_reports_its_mode(tmp_path: Path) -> N
     assert decoded.original_mode == "RGB" and np.asarray(decoded.image)[1, 2].tolist() == [1, 2, 3]
     grey = decode_image(_save(Image.new("L", (3, 2), 77), tmp_path / "l.png"))
     assert grey.original_mode == "L" and np.asarray(grey.image)[0, 0].tolist() == [77, 77, 77]
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "expected"),
+    [
+        (
+            "F",
+            [0.5, 100.0],
+            [0, 100],
+        ),  # the brightest pixel decides the range: 8-bit here, so 0.5 rounds to 0
+        ("F", [0.0, 0.5], [0, 128]),  # all within [0, 1]: unit range
+        ("I", [100, 4000], [round(100 * 255 / 65535), round(4000 * 255 / 65535)]),  # one wide pixel: 16-bit
+    ],
+)
+def test_the_range_of_a_greyscale_image_is_judged_by_its_brightest_pixel(
+    tmp_path, mode, values, expected
+) -> None:
+    array = np.asarray([values], dtype=np.float32 if mode == "F" else np.int32)
+    path = _save(Image.fromarray(array, mode=mode), tmp_path / "mixed.tif")
+    decoded = np.asarray(decode_image(path).image)[0, :, 0].tolist()
+    assert decoded == expected

@@ -112,3 +112,22 @@ def test_the_csv_holds_exactly_the_leaderboard_columns(tmp_path) -> None:
     paths = write_leaderboard(ranked, tmp_path / "a" / "b", "category_accuracy")
     assert pd.read_csv(paths["csv"]).columns.tolist() == ranked.columns.tolist()
     write_leaderboard(ranked, tmp_path / "a" / "b", "category_accuracy")  # rewriting an existing folder works
+
+
+def test_a_tie_below_the_top_shares_its_own_rank() -> None:
+    ranked = rank_contestants(_scores(category_accuracy=[0.9, 0.5, 0.5, 0.1]))
+    assert ranked["rank"].tolist() == [1, 2, 2, 4]
+
+
+def test_the_ranked_table_is_rank_then_the_score_columns_with_a_fresh_index() -> None:
+    scores = _scores(category_accuracy=[0.1, 0.9])
+    ranked = rank_contestants(scores)
+    assert ranked.columns.tolist() == ["rank", *scores.columns]
+    assert ranked.index.tolist() == [0, 1]
+
+
+def test_every_markdown_row_has_one_cell_per_column() -> None:
+    ranked = rank_contestants(_scores(category_accuracy=[0.1, 0.9]))
+    lines = to_markdown(ranked, "category_accuracy").splitlines()
+    assert len({line.count("|") for line in lines}) == 1
+    assert lines[2].startswith("| 1 | c1 |")

@@ -127,3 +127,15 @@ def test_contestants_are_scored_apart_in_first_seen_order() -> None:
     scores = score_by_contestant(rows)
     assert scores["checkpoint"].tolist() == ["b", "a"]
     assert scores["price_mae"].tolist() == [0.0, 200.0]
+
+
+def test_within_ten_percent_stops_at_ten_percent() -> None:
+    scores = score_rows(_rows([109.0, 115.0, 95.0, 80.0], [100.0] * 4))
+    assert scores["price_within_10pct"] == pytest.approx(2 / 4)
+    assert scores["price_within_25pct"] == pytest.approx(4 / 4)
+
+
+def test_a_true_price_below_one_still_has_a_percentage_error() -> None:
+    scores = score_rows(_rows([0.6], [0.5]))
+    assert scores["price_mape"] == pytest.approx(0.2)
+    assert scores["price_within_25pct"] == 1.0

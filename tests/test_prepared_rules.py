@@ -168,3 +168,8 @@ def test_a_failed_commit_with_no_entry_in_place_is_an_error(tmp_path: Path) -> N
     (tmp_path / "f").write_text("a file where the entry folder should go")
     with pytest.raises(OSError):
         commit_entry(scratch, tmp_path, "f", {})
+
+
+def test_a_scratch_folder_can_be_made_under_a_cache_root_that_does_not_exist_yet(tmp_path: Path) -> None:
+    scratch = scratch_dir(tmp_path / "new" / "cache", "train-k")
+    assert scratch.is_dir() and scratch.parent == tmp_path / "new" / "cache"

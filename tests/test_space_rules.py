@@ -98,3 +98,25 @@ def space_base():
     from phi3v_ray.config import ExperimentConfig
 
     return ExperimentConfig()
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ({"choice": [8], "uniform": [0.0, 1.0]}, "expected exactly one of"),
+        ({"uniform": [0.1]}, "needs \\[low, high\\]"),
+        ({"uniform": [0.1, "x"]}, "needs \\[low, high\\]"),
+        ({"uniform": [True, 2]}, "needs \\[low, high\\]"),
+        ({"randint": [1, 2.5]}, "randint needs two integers"),
+    ],
+)
+def test_malformed_distributions_are_refused_naming_the_rule(spec, problem) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        _space({"lora.dropout": spec})
+
+
+def test_a_ratio_below_one_is_a_valid_derived_key() -> None:
+    space = _space({"lora.rank": {"choice": [8]}, "lora.alpha": {"ratio_of": "lora.rank", "value": 0.5}})
+    assert space.full_sample({"lora.rank": 8})["lora.alpha"] == 4.0
+    with pytest.raises(ConfigError, match="positive number"):
+        _space({"lora.rank": {"choice": [8]}, "lora.alpha": {"ratio_of": "lora.rank", "value": 0}})

@@ -140,3 +140,8 @@ def test_split_catalog_uses_eighty_ten_ten_by_default_and_load_split_reads_one_s
         )
     with pytest.raises(DataError, match="split 'dev'"):
         load_split(tmp_path, "dev")
+
+
+def test_a_ratio_error_quotes_the_ratios_as_the_user_typed_them() -> None:
+    with pytest.raises(DataError, match=r"--ratios '0\.8, 0\.1, 0\.2': sum to 1\.1"):
+        parse_ratios("0.8, 0.1, 0.2")

@@ -56,3 +56,9 @@ def test_mismatched_or_empty_inputs_are_errors() -> None:
 def test_answer_is_in_the_trained_format() -> None:
     trivial = TrivialPredictor.fit(["Lola Bag"], ["BAGS"], [990.0])
     assert trivial.answer() == "Product: Lola Bag, Category: BAGS, Full Price: 990.0"
+
+
+def test_a_typical_title_of_one_word_stays_one_word_even_when_some_titles_are_long() -> None:
+    # word counts 1, 1, 4: median 1 (a mean would say 2)
+    trivial = TrivialPredictor.fit(["Bag", "Coat", "Check Wool Cashmere Scarf"], ["X"] * 3, [1.0] * 3)
+    assert trivial.title == "Bag"
