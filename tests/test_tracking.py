@@ -6,6 +6,7 @@ test process plays the sweep driver that outlives it and seals the run.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -34,19 +35,27 @@ def _worker_killed_after_step(directory: Path, run_id: str, steps: int, *, commi
     """Run a tracker in a child process, log `steps` steps, then SIGKILL the child (no finish, no atexit)."""
     script = textwrap.dedent(
         f"""
-        import os, signal
+        import os, signal, time
         from phi3v_ray.config import WandbSection
-        from phi3v_ray.tracking import start_tracking
+        from phi3v_ray.tracking import FLUSH_INTERVAL_S, start_tracking
         tracker = start_tracking(WandbSection(mode="offline", project="tracking-test"), {CONFIG!r}, rank=0,
                                  run_id={run_id!r}, run_name={run_id!r}, group="sweep-g", directory={str(directory)!r})
         for step in range(1, {steps} + 1):
             tracker.log({{"train/loss": 1.0 / step, "trainer/step": step}}, step=step)
             if step < {steps} or {commit_last}:
                 tracker.commit()
+        # Ray kills a stopped trial only after its report went through the controller, Tune and the scheduler:
+        # far longer than W&B's flush interval. A kill within that interval of a commit can lose the row.
+        time.sleep(5 * FLUSH_INTERVAL_S)
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    child = subprocess.run([sys.executable, "-c", script], timeout=300, capture_output=True, text=True)
+    # A Ray worker runs its own wandb service; without this the child would join the one this test process already
+    # started (wandb passes it on through WANDB_SERVICE) and that service would still hold the dead child's run.
+    env = {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
+    child = subprocess.run(
+        [sys.executable, "-c", script], timeout=300, capture_output=True, text=True, env=env
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
 
 
