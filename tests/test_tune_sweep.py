@@ -273,6 +273,14 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(ray_local, catalog: P
         and time.monotonic() < deadline
     ):
         time.sleep(2)
+    ready = _finished_trials(sweep_dir) >= 1 and _started_trials(sweep_dir) >= 2
+    if not ready:  # say what never happened instead of interrupting a sweep in the wrong state
+        driver.kill()
+        driver.wait(timeout=60)
+        pytest.fail(
+            f"the sweep never had 1 finished and 2 started trials (driver exit {driver.returncode}, finished "
+            f"{_finished_trials(sweep_dir)}, started {_started_trials(sweep_dir)}):\n{log.read_text()[-3000:]}"
+        )
     driver.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops the running trial
     driver.wait(timeout=300)
     assert driver.returncode == 130, log.read_text()[-3000:]
