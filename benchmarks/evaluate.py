@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # runs in this driver at niceness 0, so on a machine shared with other work the job's actor would be starved and the
 # comparison would measure the scheduler, not the code. Same priority for both ways.
 os.environ.setdefault("RAY_worker_niceness", "0")
+# The synthetic checkpoints are test scaffolding: they live in tests/support, importable once tests/ is on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def main() -> None:
@@ -44,16 +47,17 @@ def main() -> None:
     import numpy as np
     import pandas as pd
     import ray
+    from support.synthetic_checkpoints import PRODUCTS, make_lora_checkpoint, prepared_rows
     from tqdm import tqdm
 
-    from phi3v_ray.evaluation.job import EvaluationSettings, run_predictor
+    from phi3v_ray.config import EvalSection, ModelSection
     from phi3v_ray.evaluation.predictor import CheckpointPredictor, ContestantSpec
-    from phi3v_ray.evaluation.synthetic import PRODUCTS, make_lora_checkpoint, prepared_rows
+    from phi3v_ray.evaluation.scoring import run_predictor
     from phi3v_ray.model.configuration import Phi3VConfig
     from phi3v_ray.model.processing import Phi3VProcessor
-    from phi3v_ray.model.tokenizer import build_tiny_tokenizer
+    from phi3v_ray.model.tokenizer import tiny_tokenizer
 
-    processor = Phi3VProcessor.from_config(Phi3VConfig.preset("tiny"), build_tiny_tokenizer())
+    processor = Phi3VProcessor.from_config(Phi3VConfig.preset("tiny"), tiny_tokenizer())
     widths = [56, 84, 112, 140]
     products = [PRODUCTS[i % len(PRODUCTS)] for i in range(args.products)]
     rows = prepared_rows(
@@ -79,10 +83,10 @@ def main() -> None:
         ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
         dataset = ray.data.from_items(rows).materialize()
         ray_up = time.perf_counter()
-        settings = EvaluationSettings(
+        settings = EvalSection(
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, cpus_per_actor=args.cpus_per_actor
         )
-        job = run_predictor(dataset, {"preset": "tiny"}, specs, settings)
+        job = run_predictor(dataset, ModelSection(preset="tiny"), specs, settings)
         job_end = time.perf_counter()
         job_seconds, map_seconds = job_end - start, job_end - ray_up
 

@@ -15,7 +15,8 @@ import argparse
 import random
 from collections import defaultdict
 
-from phi3v_ray.model.processing import group_by_grid, hd_canvas_size, num_image_tokens
+from phi3v_ray.model.geometry import hd_canvas_size, num_image_tokens
+from phi3v_ray.model.processing import group_by_grid
 
 CROP = 336
 TEXT_TOKENS = 18 + 30  # prompt text around the image span + a typical answer

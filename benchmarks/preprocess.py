@@ -4,7 +4,7 @@ Same images (a generated catalog), same number of cores, one run:
   floor:    decode + HD resize only, a warm process pool of --cores workers (no padding, no tokens, nothing returned)
   naive:    per-row loop in a process pool of --cores workers building the official float32 17-crop tensor
             (normalise, bicubic global view, 336² crops, zero crops up to 17) plus the token ids
-  pipeline: phi3v_ray.data.pipeline on a local Ray cluster of --cores CPUs, --cores preprocessing actors, every
+  pipeline: phi3v_ray.data.preprocess on a local Ray cluster of --cores CPUs, --cores preprocessing actors, every
             example delivered to this process through iter_batches (what a trainer's shard sees); its rate is
             taken between the arrival of 25% and 95% of the rows (the pools are warmed before their clocks start,
             so actor start-up is left out the same way; the rate including start-up is printed too)
@@ -37,7 +37,7 @@ def floor_one(path: str) -> int:
     """Decode and resize to the HD size: the least work any HD preprocessing must do."""
     from PIL import Image
 
-    from phi3v_ray.data.images import hd_resized_extent
+    from phi3v_ray.model.geometry import hd_resized_extent
 
     with Image.open(path) as image:
         rgb = image.convert("RGB")
@@ -125,8 +125,12 @@ def main() -> None:
     import pyarrow.parquet as pq
     import ray
 
-    from phi3v_ray.data import pipeline, prepared
+    from phi3v_ray.data import prepared
     from phi3v_ray.data.answers import format_answer
+    from phi3v_ray.data.catalog import resolve_image_paths
+    from phi3v_ray.data.examples import ProcessorSettings
+    from phi3v_ray.data.preprocess import prepare_dataset
+    from phi3v_ray.data.split import with_row_ids
     from phi3v_ray.data.synth import synth_catalog
 
     work = Path(tempfile.mkdtemp(prefix="phi3v-preprocess-bench-"))
@@ -134,7 +138,8 @@ def main() -> None:
     synth_catalog(work / "catalog", args.images, seed=args.seed, broken_url_share=0.0)
     manifest = pd.read_parquet(work / "catalog" / "manifest.parquet")
     manifest = manifest[manifest["status"] == "ok"]
-    rows = pipeline.with_row_ids(pipeline.resolve_image_paths(manifest, work / "catalog"))
+    absolute = resolve_image_paths(work / "catalog", manifest["local_image_path"])
+    rows = with_row_ids(manifest.assign(local_image_path=absolute))
     paths = rows["local_image_path"].tolist()
     answers = [
         format_answer(t, c, p)
@@ -152,14 +157,14 @@ def main() -> None:
         naive_pool.close()
 
         ray.init(num_cpus=args.cores, include_dashboard=False, log_to_driver=False)
-        settings = pipeline.ProcessorSettings(
+        settings = ProcessorSettings(
             tokenizer=None, num_crops=NUM_CROPS, crop_size=CROP_SIZE, patch_size=PATCH_SIZE, image_token_id=8
         )
 
         def run_pipeline(tag: str) -> tuple[float, float, list[int], list[dict], str]:
             """(rate incl. start, steady rate, bytes per example, two batches, summary) of one full run."""
             started = time.perf_counter()
-            dataset, rejects = pipeline.prepare_dataset(
+            dataset, rejects = prepare_dataset(
                 rows, settings, prompt_only=False, rejects_dir=work / f"rejects-{tag}", num_actors=args.cores
             )
             count, sizes, batches, arrivals = 0, [], [], []

@@ -42,7 +42,7 @@ def measure(catalog: Path, storage: Path, args: argparse.Namespace, concurrency:
     from ray.tune import ExperimentAnalysis
 
     from phi3v_ray.config import load_experiment
-    from phi3v_ray.train.deepspeed import train_batch_size
+    from phi3v_ray.train.schedule import samples_per_step
     from phi3v_ray.tune.sweep import run_sweep
 
     lrs = ", ".join(f"{3e-3 / (i + 1):.2e}" for i in range(args.trials))
@@ -68,7 +68,7 @@ def measure(catalog: Path, storage: Path, args: argparse.Namespace, concurrency:
     )
     outcome = run_sweep(config, echo=lambda _line: None)
     analysis = ExperimentAnalysis(str(outcome.sweep_dir))
-    samples = train_batch_size(config, config.scaling.num_workers)
+    samples = samples_per_step(config, config.scaling.num_workers)
     frames = analysis.trial_dataframes.values()
     trial_s = sum(float(frame["time_total_s"].max()) for frame in frames if "time_total_s" in frame)
     steps_s = sum(step_seconds(frame, samples) for frame in frames)
@@ -87,17 +87,15 @@ def main() -> None:
     parser.add_argument("--cpus", type=float, default=4, help="logical CPUs of the local Ray cluster")
     args = parser.parse_args()
 
-    import ray
-
     from phi3v_ray.data.split import split_catalog
     from phi3v_ray.data.synth import synth_catalog
+    from phi3v_ray.ray_session import connect
 
     work = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     catalog = work / "catalog"
     synth_catalog(catalog, 100, seed=1, overwrite=True)
     split_catalog(catalog)
-    env = {k: os.environ[k] for k in ("WANDB_MODE", "DS_ACCELERATOR", "TOKENIZERS_PARALLELISM")}
-    ray.init(num_cpus=args.cpus, include_dashboard=True, log_to_driver=False, runtime_env={"env_vars": env})
+    connect(num_cpus=args.cpus, include_dashboard=True, log_to_driver=False)
     results = {level: measure(catalog, work / "runs", args, level) for level in args.concurrency}
 
     base = results[args.concurrency[0]]

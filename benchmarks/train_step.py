@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The W&B offline-run reader is test scaffolding: it lives in tests/support, importable once tests/ is on the path.
+sys.path.insert(0, str(REPO_ROOT / "tests"))
 COLOURS = [(200, 30, 30), (30, 160, 40), (30, 40, 190), (210, 180, 40), (120, 40, 160), (20, 170, 170)]
 
 
@@ -85,8 +88,9 @@ def experiment(tmp: Path, steps: int, workers: int, micro_batch: int, cores: int
 def ray_rate(config, rows: list[dict], warmup: int) -> tuple[float, float]:  # noqa: ANN001
     """(samples/s, tokens/s) of the Ray Train + DeepSpeed loop, from rank 0's W&B step timestamps."""
     import ray
+    from support.wandb_files import read_offline_run
 
-    from phi3v_ray.tracking import find_offline_runs, read_offline_run
+    from phi3v_ray.tracking import find_offline_runs
     from phi3v_ray.train.launcher import build_trainer
 
     datasets = {
@@ -155,8 +159,8 @@ def main() -> None:
 
     import ray
 
-    from phi3v_ray.commands.train import dry_run_report  # noqa: F401 - same code path as --dry-run
     from phi3v_ray.config import config_from_dict
+    from phi3v_ray.train.dry_run import dry_run_report  # noqa: F401 - same code path as --dry-run
     from phi3v_ray.train.memory import ModelDims, memory_table, tokens_per_sample
 
     rows = prepared_rows(args.steps * args.micro_batch * args.workers)

@@ -147,12 +147,6 @@ class RunSection(Section):
     val_generate_samples: int = Field(
         4, ge=0, description="products shown with generated answers at validation"
     )
-    fail_at_step: int | None = Field(
-        None,
-        ge=1,
-        description="TEST ONLY: rank 0 raises at this optimizer step in a run's first attempt (one that started "
-        "without a checkpoint), so the retry from the latest checkpoint can be tested",
-    )
 
     @field_validator("name")
     @classmethod

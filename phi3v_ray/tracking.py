@@ -2,8 +2,8 @@
 
 Ray's `setup_wandb` starts a run on every Train V2 worker and writes into node-local temp dirs, so the loop calls
 `start_tracking` itself and only rank 0 gets a real run. The API key is read by wandb from WANDB_API_KEY; nothing
-here ever copies it into a config, a log line or a checkpoint. `read_offline_run` reads an offline run's `.wandb`
-file back (run config + history) with wandb's own protobuf records, so tests assert on what W&B actually stored.
+here ever copies it into a config, a log line or a checkpoint. Every run this project starts (training, sweep
+summary, evaluation, sealing) is opened by `open_run`, so mode, group, directory and settings follow one rule.
 
 A run must read back complete however its trial ends. W&B writes an offline run's `.wandb` file from its own
 `wandb-core` process, and only every `x_transaction_log_flush_interval` (15 s by default) or at `finish()`; Ray
@@ -40,10 +40,6 @@ FLUSH_INTERVAL_S = 0.2
 FINISH_WAIT_S = 60.0
 
 
-class IncompleteRunError(RuntimeError):
-    """An offline run whose exit record never reached the disk (its writer was killed and nobody sealed it)."""
-
-
 def run_settings() -> Any:
     """wandb.Settings shared by every run this project starts: quiet, no system stats, frequent flushes."""
     import wandb
@@ -54,15 +50,50 @@ def run_settings() -> Any:
     return wandb.Settings(console="off", x_disable_stats=True, silent=True, **extra)
 
 
+def open_run(
+    section: WandbSection,
+    run_config: dict[str, Any],
+    *,
+    directory: str | os.PathLike[str],
+    group: str | None,
+    run_id: str | None = None,
+    name: str | None = None,
+    job_type: str | None = None,
+) -> Any | None:
+    """Start (or, with a `run_id`, resume) a W&B run in `directory`; None when W&B is disabled.
+
+    `wandb.group` from the experiment wins over the caller's default `group`. The config is checked for the API key
+    before anything is written.
+    """
+    mode = resolve_mode(section)
+    if mode == "disabled":
+        return None
+    _assert_no_secret(run_config)
+    import wandb
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {"resume": "allow", "id": run_id} if run_id else {}
+    return wandb.init(
+        project=section.project,
+        entity=section.entity,
+        group=section.group or group,
+        name=name,
+        job_type=job_type,
+        dir=str(directory),
+        mode=mode,
+        config=run_config,
+        settings=run_settings(),
+        **options,
+    )
+
+
 def finish_run(run: Any, exit_code: int = 0, timeout_s: float = FINISH_WAIT_S) -> Path | None:
     """Finish `run` and wait until its exit record is on disk; returns the run folder, None if it never got there."""
     run_dir = Path(run.dir).parent
     run.finish(exit_code=exit_code)
     if not list(run_dir.glob("*.wandb")):
         return run_dir  # no transaction log to wait for (e.g. a disabled run)
-    try:
-        read_complete_offline_run(run_dir, timeout_s=timeout_s)
-    except IncompleteRunError:
+    if not wait_for_exit_record(run_dir, timeout_s=timeout_s):
         logger.warning(
             "W&B run %s: not fully written after %.0f s; its files may be incomplete", run_dir, timeout_s
         )
@@ -180,25 +211,11 @@ def start_tracking(
     directory: str,
 ) -> Tracker:
     """Start (or resume, same id) the W&B run on rank 0; every other rank gets a no-op Tracker."""
-    mode = resolve_mode(section)
-    if rank != 0 or mode == "disabled":
+    if rank != 0:
         return Tracker()
-    _assert_no_secret(run_config)
-    import wandb
-
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=section.project,
-        entity=section.entity,
-        group=section.group or group,
-        id=run_id,
-        name=run_name,
-        dir=directory,
-        mode=mode,
-        config=run_config,
-        resume="allow",
-        settings=run_settings(),
-    )
+    run = open_run(section, run_config, directory=directory, group=group, run_id=run_id, name=run_name)
+    if run is None:
+        return Tracker()
     run.define_metric("train/*", step_metric="trainer/step")
     return Tracker(run=run)
 
@@ -215,33 +232,23 @@ def seal_run(
 
     The sealing attempt is a resume of the same id, so `wandb sync` merges it with the killed attempt's history.
     """
-    mode = resolve_mode(section)
-    if mode == "disabled":
+    if resolve_mode(section) == "disabled":
         return False
     attempts = find_offline_runs(location.directory, location.run_id)
-    if attempts and read_offline_run(attempts[-1]).complete:
+    if attempts and has_exit_record(attempts[-1]):
         return False
-    _assert_no_secret(run_config)
-    import wandb
-
-    Path(location.directory).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=section.project,
-        entity=section.entity,
-        group=location.group,
-        id=location.run_id,
-        dir=location.directory,
-        mode=mode,
-        config=run_config,
-        resume="allow",
-        settings=run_settings(),
+    run = open_run(
+        section, run_config, directory=location.directory, group=location.group, run_id=location.run_id
     )
     run.summary["trial/end_state"] = end_state
     finish_run(run, exit_code=exit_code)
     return True
 
 
-# ---- reading offline runs back -----------------------------------------------------------------------------------
+# ---- is a run on disk complete? ------------------------------------------------------------------------------------
+# The minimum of W&B's `.wandb` file format that `finish_run` and `seal_run` need: find a run id's attempts and tell
+# whether the latest holds its exit record. (tests/support/wandb_files.py reads config and history on top of
+# `run_records`.)
 
 _HEADER = struct.Struct("<4sHB")  # ":W&B", magic 0xBEE1, version
 _RECORD = struct.Struct("<IHB")  # crc32, length, type (leveldb log format)
@@ -249,21 +256,7 @@ _BLOCK = 32 * 1024
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
-@dataclass
-class OfflineRun:
-    """What an offline run stored: its config and every history row (step -> logged keys)."""
-
-    run_id: str
-    config: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    complete: bool = False  # the run's exit record is on disk (wandb's writer may lag finish() by a moment)
-    exit_code: int | None = None
-    group: str = ""
-    job_type: str = ""
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def _records(path: Path) -> Iterator[bytes]:
+def run_records(path: Path) -> Iterator[bytes]:
     """Yield the raw protobuf payloads of a `.wandb` file (leveldb log blocks, W&B header first)."""
     data = path.read_bytes()
     ident, magic, _version = _HEADER.unpack_from(data, 0)
@@ -292,88 +285,34 @@ def _records(path: Path) -> Iterator[bytes]:
             pending = b""
 
 
-def _decode_value(value_json: str) -> Any:
-    return json.loads(value_json)
+def run_file(run_dir: str | os.PathLike[str]) -> Path:
+    """The `.wandb` transaction log of one run folder (one attempt)."""
+    files = sorted(Path(run_dir).glob("*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no .wandb file")
+    return files[0]
 
 
-def read_offline_run(run_dir: str | os.PathLike[str]) -> OfflineRun:
-    """Parse `<dir>/offline-run-*/run-<id>.wandb` into config + history using wandb's protobuf Record."""
+def has_exit_record(run_dir: str | os.PathLike[str]) -> bool:
+    """True once the run folder's `.wandb` file holds the exit record (wandb writes it last, after finish())."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    run_path = Path(run_dir)
-    files = sorted(run_path.glob("*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"{run_path}: no .wandb file")
-    result = OfflineRun(run_id=files[0].stem.removeprefix("run-"))
-    for payload in _records(files[0]):
+    for payload in run_records(run_file(run_dir)):
         record = pb.Record()
         record.ParseFromString(payload)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            result.group = result.group or record.run.run_group
-            result.job_type = result.job_type or record.run.job_type
-            for item in record.run.config.update:
-                result.config[item.key] = _decode_value(item.value_json)
-        elif kind == "summary":
-            for item in record.summary.update:
-                key = item.key or "/".join(item.nested_key)
-                result.summary[key] = _decode_value(item.value_json)
-        elif kind == "config":
-            for item in record.config.update:
-                result.config[item.key] = _decode_value(item.value_json)
-        elif kind == "history":
-            row = {}
-            for item in record.history.item:
-                key = item.key or "/".join(item.nested_key)
-                row[key] = _decode_value(item.value_json)
-            result.history.append(row)
-        elif kind == "exit":
-            result.complete, result.exit_code = True, record.exit.exit_code
-    # wandb wraps each config entry as {"value": ..., "desc": ...}
-    result.config = {
-        key: (value["value"] if isinstance(value, dict) and "value" in value else value)
-        for key, value in result.config.items()
-    }
-    return result
+        if record.WhichOneof("record_type") == "exit":
+            return True
+    return False
 
 
-def read_complete_offline_run(
-    run_dir: str | os.PathLike[str], timeout_s: float = FINISH_WAIT_S
-) -> OfflineRun:
-    """`read_offline_run` once the run's exit record has reached the disk; IncompleteRunError if it never does."""
+def wait_for_exit_record(run_dir: str | os.PathLike[str], timeout_s: float = FINISH_WAIT_S) -> bool:
+    """Poll until the exit record is on disk; False if it is still missing after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        run = read_offline_run(run_dir)
-        if run.complete:
-            return run
+    while not has_exit_record(run_dir):
         if time.monotonic() > deadline:
-            raise IncompleteRunError(
-                f"{run_dir}: the W&B run has no exit record after {timeout_s:.0f} s (its writer was killed?)"
-            )
+            return False
         time.sleep(0.2)
-
-
-def read_run(directory: str | os.PathLike[str], run_id: str, timeout_s: float = FINISH_WAIT_S) -> OfflineRun:
-    """Every attempt of one run id merged, as `wandb sync` would upload them; the latest attempt must be complete.
-
-    History rows are keyed by step, so a step a retried attempt logged again holds that attempt's values.
-    """
-    attempts = find_offline_runs(directory, run_id)
-    if not attempts:
-        raise FileNotFoundError(f"{directory}: no W&B run files for run id {run_id!r}")
-    runs = [read_offline_run(path) for path in attempts[:-1]]
-    runs.append(read_complete_offline_run(attempts[-1], timeout_s=timeout_s))
-    merged = OfflineRun(run_id=run_id, complete=True, exit_code=runs[-1].exit_code)
-    rows: dict[Any, dict[str, Any]] = {}
-    for run in runs:
-        merged.config.update(run.config)
-        merged.summary.update(run.summary)
-        merged.group = merged.group or run.group
-        merged.job_type = merged.job_type or run.job_type
-        for row in run.history:
-            rows.setdefault(row.get("_step"), {}).update(row)
-    merged.history = [rows[step] for step in sorted(rows, key=lambda s: (s is None, s or 0))]
-    return merged
+    return True
 
 
 def find_offline_runs(directory: str | os.PathLike[str], run_id: str) -> list[Path]:

@@ -18,12 +18,12 @@ import pytest
 import yaml
 
 from phi3v_ray.cluster import (
-    check_experiment_fits,
     load_cluster_yaml,
     node_types,
     validate_cluster_config,
     validate_cluster_file,
 )
+from phi3v_ray.cluster_fit import check_experiment_fits
 from phi3v_ray.commands import cluster_check
 from phi3v_ray.config import config_from_dict, load_experiment
 from phi3v_ray.errors import ConfigError

@@ -13,25 +13,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support.synthetic_checkpoints import PRODUCTS, make_lora_checkpoint, prepared_rows
 
-from phi3v_ray.config import WandbSection
-from phi3v_ray.evaluation.job import EvaluationSettings, evaluate
-from phi3v_ray.evaluation.synthetic import PRODUCTS, make_lora_checkpoint, prepared_rows
+from phi3v_ray.config import EvalSection, WandbSection
+from phi3v_ray.evaluation.scoring import evaluate
 from phi3v_ray.evaluation.trivial import TrivialPredictor
 
 TRAIN_STEPS = 150
 TRAIN_LR = 5e-3
 MAX_NEW_TOKENS = 24  # the longest memorised answer is 19 tokens + <|end|>
-SETTINGS = EvaluationSettings(batch_size=4, max_new_tokens=MAX_NEW_TOKENS, cpus_per_actor=1.0)
+SETTINGS = EvalSection(batch_size=4, max_new_tokens=MAX_NEW_TOKENS, cpus_per_actor=1.0)
 
 
 @pytest.fixture(scope="module")
 def processor():
     from phi3v_ray.model.configuration import Phi3VConfig
     from phi3v_ray.model.processing import Phi3VProcessor
-    from phi3v_ray.model.tokenizer import build_tiny_tokenizer
+    from phi3v_ray.model.tokenizer import tiny_tokenizer
 
-    return Phi3VProcessor.from_config(Phi3VConfig.preset("tiny"), build_tiny_tokenizer())
+    return Phi3VProcessor.from_config(Phi3VConfig.preset("tiny"), tiny_tokenizer())
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,9 @@ def test_rerun_reuses_scores_of_unchanged_checkpoints(first_run, sweep) -> None:
 
 
 def test_wandb_evaluation_run_holds_leaderboard_and_product_samples(first_run, tmp_path) -> None:
+    from support.wandb_files import read_offline_run
+
     from phi3v_ray.evaluation.wandb_report import log_evaluation
-    from phi3v_ray.tracking import read_offline_run
 
     result, _, dataset = first_run
     samples = dataset.take(2)
@@ -210,8 +211,8 @@ def test_mixed_adapter_generate_equals_one_contestant_at_a_time(sweep, processor
 
 
 def test_unscorable_message_lists_each_broken_contestant_or_says_none_was_given() -> None:
-    from phi3v_ray.evaluation.checkpoints import BrokenCheckpoint
-    from phi3v_ray.evaluation.job import unscorable_message
+    from phi3v_ray.evaluation.discovery import BrokenCheckpoint
+    from phi3v_ray.evaluation.scoring import unscorable_message
 
     assert unscorable_message([]) == "no contestant could be scored: none given"
     broken = [
@@ -219,3 +220,17 @@ def test_unscorable_message_lists_each_broken_contestant_or_says_none_was_given(
         BrokenCheckpoint("b", Path("b"), "bad adapter"),
     ]
     assert unscorable_message(broken) == "no contestant could be scored: a: meta.json missing; b: bad adapter"
+
+
+def test_answer_images_gives_the_memorised_answers_for_photos_on_disk(sweep, tmp_path) -> None:
+    from phi3v_ray.evaluation.answering import answer_images
+
+    paths = []
+    for product in PRODUCTS:
+        path = tmp_path / f"{product.product_code}.png"
+        product.image().save(path)
+        paths.append(path)
+    answers = answer_images(sweep / "trial_a" / "checkpoint_000150", paths, max_new_tokens=MAX_NEW_TOKENS)
+    assert [answer.image for answer in answers] == [str(path) for path in paths]
+    assert [answer.parsed.title for answer in answers] == [product.title for product in PRODUCTS]
+    assert [answer.parsed.category for answer in answers] == [product.category for product in PRODUCTS]

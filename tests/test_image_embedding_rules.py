@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from phi3v_ray.model import Phi3VConfig
-from phi3v_ray.model.image_embedding import Phi3VImageEmbedding, image_token_count
+from phi3v_ray.model.geometry import image_tokens_for_canvas
+from phi3v_ray.model.image_embedding import Phi3VImageEmbedding
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_token_count_matches_the_official_processor_formula(height: int, width: 
     # the official image_processing_phi3_v: (h/336 * w/336 + 1) * 144 + 1 + (h/336 + 1) * 12
     rows, cols = height // 336, width // 336
     official = (rows * cols + 1) * 144 + 1 + (rows + 1) * 12
-    assert image_token_count(height=height, width=width, crop_size=336, merged_per_side=12) == official
+    assert image_tokens_for_canvas(height, width, crop_size=336, patch_size=14) == official
 
 
 def test_crops_are_cut_row_major_and_followed_by_their_global_view(embedding: Phi3VImageEmbedding) -> None:
@@ -88,10 +89,10 @@ def test_two_by_two_merge_concatenates_each_cell_row_major(embedding: Phi3VImage
 
 
 def test_token_counts_follow_each_canvas_size(embedding: Phi3VImageEmbedding) -> None:
-    size, g = embedding.crop_size, embedding.merged_per_side
+    size, patch = embedding.crop_size, embedding.patch_size
     counts = embedding.token_counts(torch.tensor([[size, size], [2 * size, size], [size, 3 * size]]))
     assert counts == [
-        image_token_count(height=h, width=w, crop_size=size, merged_per_side=g)
+        image_tokens_for_canvas(h, w, crop_size=size, patch_size=patch)
         for h, w in [(size, size), (2 * size, size), (size, 3 * size)]
     ]
     assert counts[1] != counts[2]  # rows and columns are not interchangeable (a newline ends every row)

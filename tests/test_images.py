@@ -10,7 +10,8 @@ from image_bombs import write_pixel_bomb_png
 from PIL import Image
 
 from phi3v_ray.data import images
-from phi3v_ray.data.images import decode_image, hd_resized_extent
+from phi3v_ray.data.images import decode_image
+from phi3v_ray.model.geometry import hd_resized_extent
 
 
 def _save(image: Image.Image, path: Path, **kwargs) -> Path:

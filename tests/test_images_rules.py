@@ -13,8 +13,8 @@ from phi3v_ray.data.images import (
     REASON_ASPECT,
     REASON_TOO_MANY_PIXELS,
     decode_image,
-    hd_resized_extent,
 )
+from phi3v_ray.model.geometry import hd_resized_extent
 
 
 def _save(image: Image.Image, path: Path) -> Path:

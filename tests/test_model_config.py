@@ -13,7 +13,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from phi3v_ray.errors import ConfigError
 from phi3v_ray.model import Phi3VConfig, Phi3VForCausalLM, load_config
-from phi3v_ray.model.configuration import config_to_official_dict
+from phi3v_ray.model.official_config import config_to_official_dict
 
 
 def _official_expected_shapes() -> dict[str, tuple[int, ...]]:

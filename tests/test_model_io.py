@@ -109,9 +109,9 @@ def test_load_model_from_a_saved_directory_uses_the_requested_dtype(
     model: Phi3VForCausalLM, tmp_path: Path
 ) -> None:
     model.save_pretrained(tmp_path)
-    from phi3v_ray.model.tokenizer import build_tiny_tokenizer
+    from phi3v_ray.model.tokenizer import tiny_tokenizer
 
-    build_tiny_tokenizer().save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
     loaded, tokenizer = load_model(str(tmp_path), dtype="bfloat16", attention="eager")
     assert {param.dtype for param in loaded.parameters()} == {torch.bfloat16}
     assert loaded.config.text_config._attn_implementation == "eager"

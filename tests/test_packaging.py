@@ -45,7 +45,7 @@ PROBE = """
 import json, sys
 from pathlib import Path
 import phi3v_ray
-from phi3v_ray.demo import DemoPlan, demo_config
+from phi3v_ray.demo.run import DemoPlan, demo_config
 from phi3v_ray.packaged import experiments_root
 config = demo_config(DemoPlan(out_dir=Path("demo-output")))
 print(json.dumps({"module": phi3v_ray.__file__, "experiments": str(experiments_root()),
@@ -119,6 +119,9 @@ def test_wheel_carries_every_file_the_cli_loads(wheel: Path) -> None:
             assert packaged_name(path.name) in names
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "phi3v-ray = phi3v_ray.cli:main" in archive.read(entry_points).decode()
+        # The tiny tokenizer is package data that load_tokenizer("tiny") reads (the demo and tests need it offline).
+        shipped = (PACKAGE_DIR / "model" / "tiny_tokenizer.json").read_bytes()
+        assert archive.read("phi3v_ray/model/tiny_tokenizer.json") == shipped
     # pyproject.toml lists the packages explicitly (to map experiments/): every module of the source tree is in.
     sources = {
         str(path.relative_to(REPO_ROOT).as_posix())

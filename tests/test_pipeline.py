@@ -1,7 +1,7 @@
-"""Ray Data preprocessing on a generated catalog with planted bad images: contract, rejects, cache, Train shards.
+"""Ray Data preprocessing on a generated catalog with planted bad images: contract, rejects, cache, trainer batches.
 
 One pipeline run over the whole catalog is shared by the module (materialised once) to keep the suite fast on two
-cores; the cache and Ray Train tests run the config-level entry points for real.
+cores; the cache tests run the config-level entry points (phi3v_ray.data.datasets) for real.
 """
 
 from __future__ import annotations
@@ -12,18 +12,27 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from image_bombs import write_pixel_bomb_png
 from PIL import Image
 
 from phi3v_ray.config import ExperimentConfig
-from phi3v_ray.data import images, pipeline
+from phi3v_ray.data import images
 from phi3v_ray.data.answers import format_answer
-from phi3v_ray.data.split import split_catalog
+from phi3v_ray.data.catalog import resolve_image_paths
+from phi3v_ray.data.datasets import (
+    build_prepared_dataset,
+    build_train_datasets,
+    plan_split,
+    write_prepared_split,
+)
+from phi3v_ray.data.examples import REASON_BAD_GROUND_TRUTH, ProcessorSettings, processor_settings
+from phi3v_ray.data.preprocess import prepare_dataset
+from phi3v_ray.data.split import split_catalog, with_row_ids
 from phi3v_ray.data.synth import synth_catalog
-from phi3v_ray.model.processing import IGNORE_INDEX, hd_canvas, num_image_tokens
+from phi3v_ray.model.geometry import num_image_tokens
+from phi3v_ray.model.processing import IGNORE_INDEX, hd_canvas
+from phi3v_ray.train.batches import PaddingReport, collate_rows, iter_example_batches
 
 PIPELINE_MAX_PIXELS = 4_000_000
 
@@ -62,7 +71,7 @@ def _plant(directory: Path) -> PlantedCatalog:
     expected[code_of[row]] = images.REASON_UNREADABLE
     row = next(it)  # unusable ground truth: no price
     table.at[row, "full_price"] = float("nan")
-    expected[code_of[row]] = pipeline.REASON_BAD_GROUND_TRUTH
+    expected[code_of[row]] = REASON_BAD_GROUND_TRUTH
 
     for kind in ("cmyk", "grey16", "palette", "rgba", "one_pixel"):
         row = next(it)
@@ -88,7 +97,8 @@ def _plant(directory: Path) -> PlantedCatalog:
     expected[code_of[row]] = images.REASON_TOO_MANY_PIXELS
 
     table.to_parquet(splits_path, index=False)
-    rows = pipeline.with_row_ids(pipeline.resolve_image_paths(table, directory))
+    absolute = resolve_image_paths(directory, table["local_image_path"])
+    rows = with_row_ids(table.assign(local_image_path=absolute))
     return PlantedCatalog(directory, rows, expected, awkward)
 
 
@@ -110,19 +120,19 @@ def config(catalog: PlantedCatalog) -> ExperimentConfig:
 
 
 @pytest.fixture(scope="module")
-def settings(config: ExperimentConfig) -> pipeline.ProcessorSettings:
-    return dataclasses.replace(pipeline.processor_settings(config), max_pixels=PIPELINE_MAX_PIXELS)
+def settings(config: ExperimentConfig) -> ProcessorSettings:
+    return dataclasses.replace(processor_settings(config), max_pixels=PIPELINE_MAX_PIXELS)
 
 
 @pytest.fixture(scope="module")
-def processor(settings: pipeline.ProcessorSettings):
+def processor(settings: ProcessorSettings):
     return settings.build_processor()
 
 
 @pytest.fixture(scope="module")
 def run(ray_local, catalog: PlantedCatalog, settings, tmp_path_factory) -> dict[str, Any]:
     """The whole catalog through the pipeline once (training mode), materialised for the tests below."""
-    dataset, rejects = pipeline.prepare_dataset(
+    dataset, rejects = prepare_dataset(
         catalog.rows,
         settings,
         prompt_only=False,
@@ -212,7 +222,7 @@ def test_prompt_only_mode_has_no_answer_in_input_and_keeps_ground_truth(
     ray_local, catalog, settings, tmp_path
 ):
     good = catalog.rows[~catalog.rows["product_code"].astype(int).isin(catalog.expected_rejects)].head(3)
-    dataset, rejects = pipeline.prepare_dataset(
+    dataset, rejects = prepare_dataset(
         good, settings, prompt_only=True, rejects_dir=tmp_path / "rejects", num_actors=1, cpus_per_actor=0.5
     )
     examples = dataset.take_all()
@@ -227,7 +237,7 @@ def test_prompt_only_mode_has_no_answer_in_input_and_keeps_ground_truth(
 
 def test_collate_rows_pads_ids_to_multiple_of_eight_and_batches_canvases(run, processor) -> None:
     batch = next(iter(run["dataset"].iter_batches(batch_size=3, batch_format="numpy")))
-    collated = pipeline.collate_rows(batch, processor, padding_side="right")
+    collated = collate_rows(batch, processor, padding_side="right")
     assert collated["input_ids"].shape[1] % 8 == 0
     lengths = [len(ids) for ids in batch["input_ids"]]
     assert collated["attention_mask"].sum(dim=1).tolist() == lengths
@@ -237,20 +247,18 @@ def test_collate_rows_pads_ids_to_multiple_of_eight_and_batches_canvases(run, pr
 
 
 def test_length_aware_batching_wastes_less_padding_than_arrival_order(run) -> None:
-    grouped, plain = pipeline.PaddingReport(), pipeline.PaddingReport()
-    for _ in pipeline.iter_example_batches(
-        run["dataset"], batch_size=4, length_grouping=True, report=grouped
-    ):
+    grouped, plain = PaddingReport(), PaddingReport()
+    for _ in iter_example_batches(run["dataset"], batch_size=4, length_grouping=True, report=grouped):
         pass
-    for _ in pipeline.iter_example_batches(run["dataset"], batch_size=4, length_grouping=False, report=plain):
+    for _ in iter_example_batches(run["dataset"], batch_size=4, length_grouping=False, report=plain):
         pass
     assert 0 <= grouped.share < plain.share
 
 
 def test_prepared_cache_reads_back_the_same_examples_as_computing_afresh(run, config) -> None:
-    entry, summary, reused = pipeline.write_prepared_split(config, "train", prompt_only=False)
+    entry, summary, reused = write_prepared_split(config, "train", prompt_only=False)
     assert not reused and summary.reconciles
-    cached, rejects = pipeline.build_prepared_dataset(config, "train", prompt_only=False)
+    cached, rejects = build_prepared_dataset(config, "train", prompt_only=False)
     assert rejects.cached_path == entry.rejects_path
     cached_examples = _by_code(cached.take_all())
     fresh = _by_code(run["examples"])
@@ -263,61 +271,16 @@ def test_prepared_cache_reads_back_the_same_examples_as_computing_afresh(run, co
         for name in ("title", "category", "full_price", "answer"):
             assert example[name] == fresh[code][name], name
     # A second prepare finds the entry instead of recomputing.
-    again, _, reused_again = pipeline.write_prepared_split(config, "train", prompt_only=False)
+    again, _, reused_again = write_prepared_split(config, "train", prompt_only=False)
     assert reused_again and again.directory == entry.directory
 
 
 def test_changing_processor_settings_misses_the_cache(config) -> None:
-    first = pipeline.plan_split(config, "val", prompt_only=False).name
+    first = plan_split(config, "val", prompt_only=False).name
     changed = config.model_copy(deep=True)
     changed.model.num_crops = 4
-    assert pipeline.plan_split(changed, "val", prompt_only=False).name != first
-    assert pipeline.plan_split(config, "val", prompt_only=True).name != first
-
-
-def test_two_train_workers_read_disjoint_shards_that_cover_the_split(
-    ray_local, catalog, config, tmp_path
-) -> None:
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    def train_loop(loop_config: dict[str, Any]) -> None:
-        from phi3v_ray.data.pipeline import collate_rows
-
-        shard = ray.train.get_dataset_shard("train")
-        processor = loop_config["settings"].build_processor()
-        codes: list[int] = []
-        for batch in shard.iter_batches(batch_size=2, batch_format="numpy"):
-            collated = collate_rows(batch, processor)
-            assert collated["input_ids"].shape[1] % 8 == 0
-            codes.extend(int(code) for code in batch["product_code"])
-        rank = ray.train.get_context().get_world_rank()
-        pq.write_table(pa.table({"product_code": codes}), f"{loop_config['out']}/rank{rank}.parquet")
-
-    streaming = config.model_copy(deep=True)
-    streaming.data.prepared_dir = str(tmp_path / "no-cache")  # force the streaming path, not the cache
-    datasets = pipeline.build_train_datasets(streaming)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"out": str(tmp_path), "settings": pipeline.processor_settings(streaming)},
-        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.25}),
-        run_config=ray.train.RunConfig(
-            name="shards",
-            storage_path=str(tmp_path / "runs"),
-            failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=0),
-        ),
-        datasets={"train": datasets["train"]},
-        dataset_config=pipeline.covering_data_config(),
-    )
-    trainer.fit()
-    shards = [
-        set(pq.read_table(tmp_path / f"rank{rank}.parquet")["product_code"].to_pylist()) for rank in (0, 1)
-    ]
-    assert shards[0] and shards[1]
-    assert shards[0].isdisjoint(shards[1])
-    split_rows = pipeline.load_split_rows(streaming.data.catalog_dir, "train")
-    expected = set(split_rows["product_code"].astype(int)) - set(catalog.expected_rejects)
-    assert shards[0] | shards[1] == expected
+    assert plan_split(changed, "val", prompt_only=False).name != first
+    assert plan_split(config, "val", prompt_only=True).name != first
 
 
 def test_small_cached_splits_are_materialized_once_and_hold_the_same_rows(
@@ -328,11 +291,11 @@ def test_small_cached_splits_are_materialized_once_and_hold_the_same_rows(
     cached = config.model_copy(deep=True)
     cached.data.prepared_dir = str(tmp_path / "cache")
     for split in ("train", "val"):
-        pipeline.write_prepared_split(cached, split, prompt_only=False)
-    shared = pipeline.build_train_datasets(cached)
+        write_prepared_split(cached, split, prompt_only=False)
+    shared = build_train_datasets(cached)
     assert all(isinstance(dataset, MaterializedDataset) for dataset in shared.values())
     cached.data.materialize_mb = 0  # never: stream from parquet on every pass
-    streamed = pipeline.build_train_datasets(cached)
+    streamed = build_train_datasets(cached)
     assert not any(isinstance(dataset, MaterializedDataset) for dataset in streamed.values())
     for split in ("train", "val"):
         codes = [sorted(d[split].to_pandas()["product_code"].tolist()) for d in (shared, streamed)]

@@ -10,16 +10,15 @@ import torch
 from PIL import Image
 
 from phi3v_ray.errors import ConfigError, DataError
+from phi3v_ray.model.geometry import hd_canvas_size, num_image_tokens
 from phi3v_ray.model.processing import (
     IGNORE_INDEX,
     Phi3VProcessor,
     group_by_grid,
     hd_canvas,
-    hd_canvas_size,
-    num_image_tokens,
     padding_share,
 )
-from phi3v_ray.model.tokenizer import build_tiny_tokenizer, load_tokenizer
+from phi3v_ray.model.tokenizer import load_tokenizer, tiny_tokenizer
 
 ANSWER = "Product: Heritage Trench Coat, Category: TRENCH COATS, Full Price: 2290.0"
 
@@ -33,7 +32,7 @@ def _noise(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.I
 
 @pytest.fixture(scope="module")
 def tiny() -> Phi3VProcessor:
-    return Phi3VProcessor(build_tiny_tokenizer(), num_crops=16)
+    return Phi3VProcessor(tiny_tokenizer(), num_crops=16)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,7 @@ def test_num_image_tokens_matches_official_counts(width, height, num_crops, expe
 
 @pytest.mark.parametrize(("width", "height", "num_crops", "expected"), TOKEN_COUNTS)
 def test_encode_puts_exactly_that_many_image_tokens(width, height, num_crops, expected):
-    processor = Phi3VProcessor(build_tiny_tokenizer(), num_crops=num_crops)
+    processor = Phi3VProcessor(tiny_tokenizer(), num_crops=num_crops)
     encoded = processor.encode(processor.prompt_text(), [Image.new("RGB", (width, height), (90, 30, 10))])
     assert int((encoded["input_ids"] == 8).sum()) == expected
 
@@ -233,7 +232,7 @@ def test_num_crops_below_one_is_rejected(num_crops):
     with pytest.raises(ConfigError, match=rf"num_crops: found {num_crops}, expected an integer >= 1"):
         num_image_tokens(width=100, height=100, num_crops=num_crops)
     with pytest.raises(ConfigError, match="num_crops"):
-        Phi3VProcessor(build_tiny_tokenizer(), num_crops=num_crops)
+        Phi3VProcessor(tiny_tokenizer(), num_crops=num_crops)
 
 
 def test_empty_image_is_rejected(tiny):
@@ -253,14 +252,14 @@ def test_image_too_elongated_to_keep_a_row_is_rejected():
 
 def test_odd_patch_grid_is_rejected():
     with pytest.raises(ConfigError, match=r"expected an even number"):
-        Phi3VProcessor(build_tiny_tokenizer(), crop_size=42, patch_size=14)
+        Phi3VProcessor(tiny_tokenizer(), crop_size=42, patch_size=14)
 
 
 def test_from_config_reads_crop_settings_and_image_token():
     config = SimpleNamespace(
         crop_size=56, num_crops=4, image_token_id=8, vision_config=SimpleNamespace(patch_size=14)
     )
-    processor = Phi3VProcessor.from_config(config, build_tiny_tokenizer())
+    processor = Phi3VProcessor.from_config(config, tiny_tokenizer())
     assert (processor.crop_size, processor.num_crops, processor.patch_size, processor.image_token_id) == (
         56,
         4,
@@ -276,7 +275,7 @@ def test_from_config_reads_crop_settings_and_image_token():
 def test_from_config_names_missing_fields():
     config = SimpleNamespace(crop_size=336, num_crops=None, vision_config=SimpleNamespace())
     with pytest.raises(ConfigError, match=r"missing image_token_id, num_crops, patch_size"):
-        Phi3VProcessor.from_config(config, build_tiny_tokenizer())
+        Phi3VProcessor.from_config(config, tiny_tokenizer())
 
 
 def _examples(processor: Phi3VProcessor) -> list[dict]:
@@ -333,11 +332,11 @@ def test_collate_accepts_multi_image_examples(tiny):
 
 
 def test_collate_rejects_examples_encoded_with_other_crop_settings(tiny):
-    four_crops = Phi3VProcessor(build_tiny_tokenizer(), num_crops=4).encode_product(_noise(400, 400))
+    four_crops = Phi3VProcessor(tiny_tokenizer(), num_crops=4).encode_product(_noise(400, 400))
     with pytest.raises(
         DataError, match=r"example 0: holds 757 image tokens but its canvases \[\(672, 672\)\] need"
     ):
-        Phi3VProcessor(build_tiny_tokenizer(), num_crops=16, crop_size=168).collate([four_crops])
+        Phi3VProcessor(tiny_tokenizer(), num_crops=16, crop_size=168).collate([four_crops])
 
 
 def test_collate_rejects_unknown_padding_side(tiny):

@@ -11,12 +11,8 @@ import torch
 from PIL import Image
 
 from phi3v_ray.errors import DataError
-from phi3v_ray.model.processing import (
-    hd_canvas,
-    hd_canvas_size,
-    image_tokens_for_canvas,
-    num_image_tokens,
-)
+from phi3v_ray.model.geometry import hd_canvas_size, image_tokens_for_canvas, num_image_tokens
+from phi3v_ray.model.processing import hd_canvas
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +105,9 @@ def test_group_by_grid_orders_by_canvas_area_then_height_then_width_then_length(
 @pytest.fixture(scope="module")
 def tiny():
     from phi3v_ray.model.processing import Phi3VProcessor
-    from phi3v_ray.model.tokenizer import build_tiny_tokenizer
+    from phi3v_ray.model.tokenizer import tiny_tokenizer
 
-    return Phi3VProcessor(build_tiny_tokenizer())
+    return Phi3VProcessor(tiny_tokenizer())
 
 
 def test_a_processor_defaults_to_the_official_crop_settings(tiny, official: dict) -> None:
@@ -145,9 +141,9 @@ def test_collation_pads_to_the_requested_multiple_and_keeps_labels_when_any_exam
 
 def test_a_tokenizer_without_a_pad_token_pads_with_endoftext() -> None:
     from phi3v_ray.model.processing import Phi3VProcessor
-    from phi3v_ray.model.tokenizer import build_tiny_tokenizer
+    from phi3v_ray.model.tokenizer import tiny_tokenizer
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     tokenizer.pad_token = None
     assert tokenizer.pad_token_id is None
     processor = Phi3VProcessor(tokenizer)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phi3v_ray.data.pipeline import REASON_BAD_PRODUCT_CODE, prepare_row
+from phi3v_ray.data.examples import REASON_BAD_PRODUCT_CODE, prepare_row
 from phi3v_ray.data.schema import BURBERRY_COLUMNS, parse_product_code, status_kind, validate_catalog
 
 

@@ -1,4 +1,5 @@
-"""The tiny offline tokenizer behaves like the official Phi-3 tokenizer where the processor depends on it."""
+"""The tiny offline tokenizer behaves like the official Phi-3 tokenizer where the processor depends on it, and the
+file the package ships is exactly what its builder (phi3v_ray.demo.tiny_tokenizer) makes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import pytest
 
 from phi3v_ray.data.vocabulary import corpus_lines
 from phi3v_ray.errors import ConfigError
-from phi3v_ray.model.tokenizer import CHAT_TEMPLATE, TINY_TOKENIZER, build_tiny_tokenizer, load_tokenizer
+from phi3v_ray.model.tokenizer import (
+    CHAT_TEMPLATE,
+    TINY_TOKENIZER,
+    TINY_TOKENIZER_FILE,
+    load_tokenizer,
+    tiny_tokenizer,
+)
 
 FIXED_IDS = {
     "<unk>": 0,
@@ -27,11 +34,11 @@ FIXED_IDS = {
 
 
 def _fingerprint() -> str:
-    return hashlib.sha256(build_tiny_tokenizer().backend_tokenizer.to_str().encode()).hexdigest()
+    return hashlib.sha256(tiny_tokenizer().backend_tokenizer.to_str().encode()).hexdigest()
 
 
 def test_special_tokens_have_the_fixed_ids_and_roles():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     assert {token: tokenizer.convert_tokens_to_ids(token) for token in FIXED_IDS} == FIXED_IDS
     assert (
         tokenizer.bos_token_id,
@@ -47,7 +54,7 @@ def test_special_tokens_have_the_fixed_ids_and_roles():
 
 
 def test_vocabulary_fits_the_tiny_preset():
-    assert len(build_tiny_tokenizer()) <= 1024
+    assert len(tiny_tokenizer()) <= 1024
 
 
 @pytest.mark.parametrize(
@@ -60,20 +67,20 @@ def test_vocabulary_fits_the_tiny_preset():
     ],
 )
 def test_any_text_round_trips_losslessly(text):
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == text
 
 
 def test_bos_is_added_by_every_call():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     assert tokenizer("Coat")["input_ids"][0] == 1
     assert tokenizer("\nCoat")["input_ids"][:1] == [1]
     assert tokenizer("Coat", add_special_tokens=False)["input_ids"][0] != 1
 
 
 def test_digits_are_split_one_per_token():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     tokens = tokenizer.convert_ids_to_tokens(
         tokenizer("Price: 2290.0", add_special_tokens=False)["input_ids"]
     )
@@ -81,14 +88,14 @@ def test_digits_are_split_one_per_token():
 
 
 def test_catalog_words_are_single_tokens():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     words = {word for line in corpus_lines() for word in line.split() if not word[0].isdigit()}
     too_long = {w for w in words if len(tokenizer(w, add_special_tokens=False)["input_ids"]) != 1}
     assert too_long == set()
 
 
 def test_newline_after_assistant_is_stripped_like_the_official_tokenizer():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     ids = tokenizer("<|user|>\n<|end|>\n<|assistant|>\nProduct:", add_special_tokens=False)["input_ids"]
     tokens = tokenizer.convert_ids_to_tokens(ids)
     # "<|user|>" and "<|end|>" keep their "\n" (as "▁", "<0x0A>"); "<|assistant|>" swallows it.
@@ -96,7 +103,7 @@ def test_newline_after_assistant_is_stripped_like_the_official_tokenizer():
 
 
 def test_image_and_eos_tokens_strip_whitespace_to_their_right():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     assert tokenizer("<|image|>\n Coat</s>\n", add_special_tokens=False)["input_ids"] == [
         8,
         tokenizer.convert_tokens_to_ids("▁Coat"),
@@ -104,10 +111,18 @@ def test_image_and_eos_tokens_strip_whitespace_to_their_right():
     ]
 
 
-def test_build_is_identical_in_a_fresh_process():
+def test_a_rebuild_in_a_fresh_process_equals_the_shipped_file():
+    # The shipped tiny_tokenizer.json is what the builder makes (a fresh process: no state shared with this one), so
+    # the file can always be regenerated and a tokenizers upgrade that changes training shows up here.
+    code = "from phi3v_ray.demo.tiny_tokenizer import build_tiny_tokenizer_json; print(build_tiny_tokenizer_json(), end='')"
+    rebuilt = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert rebuilt == TINY_TOKENIZER_FILE.read_text(encoding="utf-8")
+
+
+def test_loading_is_identical_in_a_fresh_process():
     code = (
-        "import hashlib; from phi3v_ray.model.tokenizer import build_tiny_tokenizer;"
-        "print(hashlib.sha256(build_tiny_tokenizer().backend_tokenizer.to_str().encode()).hexdigest())"
+        "import hashlib; from phi3v_ray.model.tokenizer import tiny_tokenizer;"
+        "print(hashlib.sha256(tiny_tokenizer().backend_tokenizer.to_str().encode()).hexdigest())"
     )
     other = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
@@ -118,12 +133,12 @@ def test_build_is_identical_in_a_fresh_process():
 def test_chat_template_matches_the_official_one(official_files):
     official = json.loads((official_files / "tokenizer_config.json").read_text())["chat_template"]
     assert official == CHAT_TEMPLATE
-    assert build_tiny_tokenizer().chat_template == official
+    assert tiny_tokenizer().chat_template == official
 
 
 def test_load_tokenizer_gives_tiny_for_none_and_sentinel():
     assert load_tokenizer(None).convert_tokens_to_ids("<|image|>") == 8
-    assert len(load_tokenizer(TINY_TOKENIZER)) == len(build_tiny_tokenizer())
+    assert len(load_tokenizer(TINY_TOKENIZER)) == len(tiny_tokenizer())
 
 
 def test_load_tokenizer_reads_official_files_without_remote_code(official_files):

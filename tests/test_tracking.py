@@ -15,17 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from support.wandb_files import IncompleteRunError, read_offline_run, read_run
 
 from phi3v_ray.config import WandbSection
-from phi3v_ray.tracking import (
-    IncompleteRunError,
-    TrainingRun,
-    find_offline_runs,
-    read_offline_run,
-    read_run,
-    seal_run,
-    start_tracking,
-)
+from phi3v_ray.tracking import TrainingRun, find_offline_runs, seal_run, start_tracking
 
 SECTION = WandbSection(mode="offline", project="tracking-test")
 CONFIG = {"optim": {"lr": 0.25}, "lora": {"rank": 8}}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
@@ -162,30 +160,42 @@ def test_memory_table_names_every_category_and_card():
         assert word in table
 
 
-def test_dry_run_prints_config_placement_steps_and_memory(capsys, tmp_path):
-    """`train --dry-run` on a split catalog: steps per epoch from the train rows; starts no Ray."""
+def test_dry_run_prints_config_placement_steps_and_memory(tmp_path):
+    """The `train --dry-run` plan on a split catalog: steps per epoch from the train rows; starts no Ray."""
     import pandas as pd
     import ray
 
-    from phi3v_ray.commands import train
+    from phi3v_ray.config import load_experiment
+    from phi3v_ray.train.dry_run import dry_run_report
 
     pd.DataFrame({"split": ["train"] * 40 + ["val"] * 5, "title": ["x"] * 45}).to_parquet(
         tmp_path / "catalog.parquet"
     )
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    demo = "experiments/demo.yaml"
-    args = parser.parse_args(
-        [demo, "--dry-run", "--set", f"data.catalog_dir={tmp_path}", "--set", "optim.micro_batch=2"]
+    config = load_experiment(
+        "experiments/demo.yaml", [f"data.catalog_dir={tmp_path}", "optim.micro_batch=2"]
     )
     was_running = ray.is_initialized()
-    assert train.run(args) == 0
-    out = capsys.readouterr().out
+    out = dry_run_report(config, cpus=2, gpus=0)
     assert "# resolved config" in out and "zero_stage: 2" in out
     assert "2 Ray Train workers x {'CPU': 0.25}" in out
     assert "40 training products / 4 samples per optimizer step" in out and "= 10 steps per epoch" in out
+    assert "an upper bound" in out  # counted before preprocessing: rejects are not subtracted
     assert "activations" in out and "A100-80GB" in out
     assert ray.is_initialized() == was_running
+
+
+def test_dry_run_counts_the_prepared_examples_when_the_cache_has_them(tmp_path, monkeypatch):
+    """With a prepared train entry for this config, the plan uses its example count (rejects excluded)."""
+    from phi3v_ray.config import load_experiment
+    from phi3v_ray.train import dry_run
+
+    config = load_experiment("experiments/demo.yaml", [f"data.catalog_dir={tmp_path}", "optim.micro_batch=2"])
+    monkeypatch.setattr(dry_run, "prepared_train_rows", lambda _config: 36)
+    rows = dry_run.train_rows(config)
+    assert rows is not None and rows.exact and rows.count == 36
+    text = "\n".join(dry_run.steps_text(config, rows))
+    assert "36 training products / 4 samples per optimizer step" in text and "= 9 steps per epoch" in text
+    assert "upper bound" not in text
 
 
 # ---- W&B tracking --------------------------------------------------------------------------------------------------
@@ -239,8 +249,10 @@ def test_run_config_carrying_the_api_key_is_refused(tmp_path, monkeypatch):
 
 
 def test_offline_run_reads_back_config_history_and_prediction_table(tmp_path, monkeypatch):
+    from support.wandb_files import read_complete_offline_run
+
     from phi3v_ray.config import WandbSection
-    from phi3v_ray.tracking import find_offline_runs, read_complete_offline_run, start_tracking
+    from phi3v_ray.tracking import find_offline_runs, start_tracking
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     tracker = start_tracking(

@@ -16,7 +16,9 @@ import torch
 from safetensors.torch import load_file
 from test_train_support import demo_config, tiny_datasets
 
-from phi3v_ray.train import checkpoint as ckpt
+from phi3v_ray import checkpoint as ckpt
+from phi3v_ray.train import saving
+from phi3v_ray.train.faults import PlantedFailure
 from phi3v_ray.train.launcher import build_trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -36,8 +38,8 @@ COMMON = (
 )
 
 
-def _fit(config):
-    result = build_trainer(config, tiny_datasets(n_train=8, n_val=4)).fit()
+def _fit(config, planted_failure=None):
+    result = build_trainer(config, tiny_datasets(n_train=8, n_val=4), planted_failure=planted_failure).fit()
     assert result.error is None, result.error
     return result
 
@@ -45,10 +47,8 @@ def _fit(config):
 @pytest.fixture(scope="module")
 def zero2_run(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zero2")
-    config = demo_config(
-        tmp, *COMMON, "deepspeed.zero_stage=2", "run.fail_at_step=6", "run.max_failures=1", "run.name=zero2"
-    )
-    return config, _fit(config), tmp
+    config = demo_config(tmp, *COMMON, "deepspeed.zero_stage=2", "run.max_failures=1", "run.name=zero2")
+    return config, _fit(config, PlantedFailure(step=6)), tmp
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,9 @@ def zero3_run(ray_local, tmp_path_factory):
 
 
 def _first_loss(tmp: Path, run_id: str) -> float:
-    from phi3v_ray.tracking import find_offline_runs, read_complete_offline_run
+    from support.wandb_files import read_complete_offline_run
+
+    from phi3v_ray.tracking import find_offline_runs
 
     first = read_complete_offline_run(find_offline_runs(tmp / "wandb", run_id)[0])
     return next(row["train/loss"] for row in first.history if row.get("trainer/step") == 1)
@@ -77,7 +79,9 @@ def test_training_loss_falls_with_a_clear_margin(run_fixture, request):
 def test_planted_failure_is_retried_from_the_last_checkpoint_and_finishes_with_the_same_step_count(
     zero2_run, zero3_run
 ):
-    from phi3v_ray.tracking import find_offline_runs, read_complete_offline_run
+    from support.wandb_files import read_complete_offline_run
+
+    from phi3v_ray.tracking import find_offline_runs
 
     config, result, tmp = zero2_run
     attempts = [read_complete_offline_run(path) for path in find_offline_runs(tmp / "wandb", "zero2")]
@@ -110,9 +114,9 @@ def test_checkpoint_layout_and_best_k_retention(zero2_run):
     for path in kept:
         assert (path / "adapter" / "adapter_model.safetensors").is_file()
         assert not list((path / "adapter").glob("*.bin")), "adapters must be safetensors only"
-        assert (path / "engine" / ckpt.ENGINE_TAG).is_dir()
+        assert (path / "engine" / saving.ENGINE_TAG).is_dir()
         meta = ckpt.read_meta(path)
-        assert meta["mode"] == "lora" and meta["experiment"]["optim"]["lr"] == config.optim.lr
+        assert meta.mode == "lora" and meta.experiment["optim"]["lr"] == config.optim.lr
 
 
 def test_lora_weights_change_and_base_weights_do_not(zero2_run):
@@ -131,7 +135,7 @@ def test_lora_weights_change_and_base_weights_do_not(zero2_run):
         base_name = name.removeprefix("base_model.model.").replace(".modules_to_save.default", "")
         assert not torch.equal(tensor, fresh[base_name].detach()), name
     # The frozen base the workers trained against is byte-identical to a freshly built tiny base.
-    assert ckpt.read_meta(directory)["base_fingerprint"] == ckpt.base_fingerprint(base)
+    assert ckpt.read_meta(directory).base_fingerprint == saving.base_fingerprint(base)
 
 
 @pytest.mark.parametrize("run_fixture", ["zero2_run", "zero3_run"])
@@ -143,7 +147,9 @@ def test_checkpoint_reloads_through_base_plus_adapter_with_identical_logits(run_
 
 
 def test_wandb_offline_files_hold_run_config_and_per_step_loss(zero3_run):
-    from phi3v_ray.tracking import find_offline_runs, read_complete_offline_run
+    from support.wandb_files import read_complete_offline_run
+
+    from phi3v_ray.tracking import find_offline_runs
 
     config, _, tmp = zero3_run
     (folder,) = find_offline_runs(tmp / "wandb", "zero3")

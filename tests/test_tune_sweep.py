@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from phi3v_ray.config import ExperimentConfig, load_experiment
+from phi3v_ray.train.faults import PlantedFailure
 from phi3v_ray.tune.results import FINISHED, STOPPED_EARLY, read_results_csv
 from phi3v_ray.tune.sweep import SweepOutcome, run_sweep, sweep_directory
 
@@ -87,7 +88,7 @@ def asha_sweep(
 
 def _complete_runs(directory: Path, run_ids: set[str]) -> dict[str, Any]:
     """run id → the run read back from its offline files; fails unless every run's latest attempt has its exit."""
-    from phi3v_ray.tracking import read_run
+    from support.wandb_files import read_run
 
     return {run_id: read_run(directory, run_id, timeout_s=30) for run_id in run_ids}
 
@@ -135,7 +136,7 @@ def test_every_trial_run_reads_back_whole_with_history_to_its_last_reported_step
 
 
 def test_results_csv_lists_every_trial_with_a_best_checkpoint_that_loads(asha_sweep) -> None:
-    from phi3v_ray.train.checkpoint import load_trained_model, read_meta
+    from phi3v_ray.checkpoint import load_trained_model, read_meta
 
     config, outcome = asha_sweep
     table = read_results_csv(outcome.results_csv)
@@ -146,11 +147,11 @@ def test_results_csv_lists_every_trial_with_a_best_checkpoint_that_loads(asha_sw
         checkpoint = Path(row["best_checkpoint"])
         assert checkpoint.is_dir() and checkpoint.is_relative_to(sweep_directory(config))
         meta = read_meta(checkpoint)
-        assert meta["experiment"]["lora"]["rank"] == row["lora.rank"]
-        assert meta["experiment"]["optim"]["lr"] == pytest.approx(row["optim.lr"])
+        assert meta.experiment["lora"]["rank"] == row["lora.rank"]
+        assert meta.experiment["optim"]["lr"] == pytest.approx(row["optim.lr"])
         model = load_trained_model(checkpoint)
         ranks = {p.shape[0] for n, p in model.named_parameters() if "lora_A" in n}
-        assert ranks == {meta["experiment"]["lora"]["rank"]}
+        assert ranks == {meta.experiment["lora"]["rank"]}
     assert "best_val_loss" in outcome.table and str(outcome.results_csv).endswith("sweep_results.csv")
 
 
@@ -196,7 +197,7 @@ def test_failed_and_killed_trials_leave_complete_wandb_runs(ray_local, catalog: 
         [
             *_overrides(catalog, tmp_path / "runs", "ends"),
             "run.max_steps=40",  # the killed trial is still training when its checkpoint at step 2 appears
-            "tune.search_space={run.fail_at_step: {grid: [1, 1000]}}",  # 1 raises at once, 1000 never fires
+            "tune.search_space={lora.rank: {grid: [4, 8]}}",  # rank 4 raises at once (planted below), 8 never
             "tune.num_samples=1",
             "tune.scheduler=fifo",
             "tune.max_concurrent_trials=1",
@@ -210,21 +211,21 @@ def test_failed_and_killed_trials_leave_complete_wandb_runs(ray_local, catalog: 
     )
     killer.start()
     try:
-        outcome = run_sweep(config)
+        outcome = run_sweep(config, planted_failure=PlantedFailure(step=1, when={"lora.rank": 4}))
     finally:
         stop.set()
         killer.join(timeout=30)
     assert killed and all(isinstance(pid, int) for pid in killed), (killed, outcome.table)
     assert [row.status for row in outcome.rows] == [FAILED, FAILED], outcome.table
     runs = _complete_runs(sweep_dir / "wandb", {row.trial_id for row in outcome.rows})
-    by_fail_step = {row.hyperparameters["run.fail_at_step"]: runs[row.trial_id] for row in outcome.rows}
-    raised, killed_run = by_fail_step[1], by_fail_step[1000]
+    by_rank = {row.hyperparameters["lora.rank"]: runs[row.trial_id] for row in outcome.rows}
+    raised, killed_run = by_rank[4], by_rank[8]
     for run in (raised, killed_run):
         assert run.exit_code == 1 and run.group == "ends"
         assert run.config["optim"]["lr"] == config.optim.lr
     assert _steps(raised, "train/loss") == [1]  # the step it raised at was logged before the exception
-    assert raised.config["run"]["fail_at_step"] == 1
-    killed_id = next(row.trial_id for row in outcome.rows if row.hyperparameters["run.fail_at_step"] == 1000)
+    assert raised.config["lora"]["rank"] == 4
+    killed_id = next(row.trial_id for row in outcome.rows if row.hyperparameters["lora.rank"] == 8)
     # Every checkpoint is a report to Ray; the history reaches at least the last one (the kill came after it).
     saved_steps = [int(path.name.split("_")[-1]) for path in (sweep_dir / killed_id).glob("checkpoint_*")]
     assert max(_steps(killed_run, "train/loss")) >= max(saved_steps) >= 2

@@ -64,7 +64,13 @@ TARGETS: dict[str, list[str]] = {
     "phi3v_ray/evaluation/metrics.py": ["tests/test_eval_metrics.py", "tests/test_metrics_rules.py"],
     "phi3v_ray/evaluation/leaderboard.py": ["tests/test_eval_metrics.py", "tests/test_leaderboard_rules.py"],
     "phi3v_ray/evaluation/trivial.py": ["tests/test_eval_metrics.py", "tests/test_trivial_rules.py"],
+    "phi3v_ray/checkpoint.py": ["tests/test_checkpoint_meta.py"],
     "phi3v_ray/tune/space.py": ["tests/test_tune_space.py", "tests/test_space_rules.py"],
+    "phi3v_ray/model/geometry.py": [
+        "tests/test_processing.py",
+        "tests/test_processing_rules.py",
+        "tests/test_images_rules.py",
+    ],
     "phi3v_ray/model/processing.py": ["tests/test_processing.py", "tests/test_processing_rules.py"],
     "phi3v_ray/model/image_embedding.py": [
         "tests/test_model_forward.py",

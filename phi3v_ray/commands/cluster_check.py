@@ -38,13 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     import ray
 
-    from phi3v_ray.cluster import (
-        check_experiment_fits,
-        load_cluster_yaml,
-        node_types,
-        placeholders,
-        validate_cluster_config,
-    )
+    from phi3v_ray.cluster import load_cluster_yaml, node_types, placeholders, validate_cluster_config
+    from phi3v_ray.cluster_fit import check_experiment_fits
     from phi3v_ray.config import load_experiment
     from phi3v_ray.errors import ConfigError
 

@@ -52,9 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fetch, then print the summary by outcome; exit 0 even when some rows failed (they are in the manifest)."""
-    import ray
-
     from phi3v_ray.data.fetch import FetchOptions, fetch_catalog
+    from phi3v_ray.ray_session import connect
 
     options = FetchOptions(
         connect_timeout_s=args.connect_timeout,
@@ -64,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
         threads_per_task=args.threads,
         rows_per_task=args.rows_per_task,
     )
-    if not ray.is_initialized():
-        ray.init(address=args.ray_address, log_to_driver=False)
+    connect(address=args.ray_address, log_to_driver=False)
     summary = fetch_catalog(args.source, args.out, options)
     print("\n".join(summary.lines()))
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from phi3v_ray.commands.arguments import add_experiment_arguments, load_experiment_from_args
+
 HELP = "preprocess splits into model-ready parquet (token ids, labels, uint8 canvases) that runs reuse"
 DESCRIPTION = """\
 Decode, HD-resize and pad every image of a split, build the prompt, token ids and labels, and write the result to
@@ -25,9 +27,13 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Experiment file or catalog directory, which splits, and cache control."""
-    parser.add_argument("experiment", nargs="?", help="experiments/<name>.yaml (model and data settings)")
+    add_experiment_arguments(
+        parser,
+        experiment_required=False,
+        experiment_help="experiments/<name>.yaml (model and data settings)",
+        set_example="model.num_crops=4",
+    )
     parser.add_argument("--catalog", help="catalog directory (overrides data.catalog_dir; enough on its own)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument(
         "--splits",
         default="train,val,test",
@@ -47,32 +53,17 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the config, prepare each split (or reuse it), print a reconciled summary per split."""
     import time
 
-    import ray
-
-    from phi3v_ray.config import config_from_dict, load_experiment
-    from phi3v_ray.data.pipeline import SPLITS, write_prepared_split
+    from phi3v_ray.data.datasets import write_prepared_split
     from phi3v_ray.errors import ConfigError
+    from phi3v_ray.ray_session import connect
 
-    overrides = list(args.set)
-    if args.catalog:
-        overrides.append(f"data.catalog_dir={args.catalog}")
-    if args.experiment:
-        config = load_experiment(args.experiment, overrides)
-    elif args.catalog:
-        from phi3v_ray.config import apply_overrides
-
-        config = config_from_dict(apply_overrides({}, overrides), source="--catalog")
-    else:
+    if not (args.experiment or args.catalog):
         raise ConfigError("data prepare: give an experiment file or --catalog DIR")
-    splits = [name.strip() for name in args.splits.split(",") if name.strip()]
-    unknown = [name for name in splits if name not in SPLITS]
-    if unknown:
-        raise ConfigError(
-            f"--splits: unknown split(s) {', '.join(unknown)}; expected some of {', '.join(SPLITS)}"
-        )
-
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    config = load_experiment_from_args(
+        args, [f"data.catalog_dir={args.catalog}"] if args.catalog else [], source="--catalog"
+    )
+    splits = _splits(args.splits)
+    connect(include_dashboard=False, log_to_driver=False)
     failures = 0
     for split in splits:
         for prompt_only in _modes(split, args.prompt_only):
@@ -91,6 +82,20 @@ def run(args: argparse.Namespace) -> int:
             if summary.rejected:
                 print(f"[prepare] {label}: reasons per row in {entry.rejects_path}")
     return 1 if failures else 0
+
+
+def _splits(text: str) -> list[str]:
+    """The comma-separated split names, each checked against the catalog's splits."""
+    from phi3v_ray.data.split import SPLIT_NAMES
+    from phi3v_ray.errors import ConfigError
+
+    splits = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in splits if name not in SPLIT_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"--splits: unknown split(s) {', '.join(unknown)}; expected some of {', '.join(SPLIT_NAMES)}"
+        )
+    return splits
 
 
 def _modes(split: str, prompt_only_too: bool) -> list[bool]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from phi3v_ray.commands.arguments import add_set_argument
+
 HELP = "run everything on a tiny model: sample catalog, sweep, evaluation, leaderboard (CPU, ~10 min)"
 DESCRIPTION = """\
 Runs the complete pipeline on this machine with no GPU and no downloads:
@@ -30,12 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=4, help="sweep trials (default 4)")
     parser.add_argument("--concurrent", type=int, default=2, help="trials running at once (default 2)")
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per trial (default 200)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    add_set_argument(parser, example="tune.num_samples=2")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 when the best checkpoint beats the trivial predictor on category accuracy."""
-    from phi3v_ray.demo import DemoPlan, run_demo, verdict
+    from phi3v_ray.demo.run import DemoPlan, run_demo, verdict
 
     plan = DemoPlan(
         out_dir=Path(args.out),
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         trials=args.trials,
         concurrent_trials=args.concurrent,
         max_steps=args.steps,
-        extra_overrides=list(args.set),
+        extra_overrides=list(args.overrides),
     )
     outcome = run_demo(plan)
     message, learned = verdict(outcome["evaluation"]["leaderboard"])

@@ -22,7 +22,14 @@ change; a checkpoint that cannot be loaded is listed with its reason and the oth
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Experiment file or explicit checkpoint paths, plus the few knobs worth changing per run."""
-    parser.add_argument("experiment", nargs="?", help="experiments/<name>.yaml (its `evaluate:` section)")
+    from phi3v_ray.commands.arguments import add_experiment_arguments
+
+    add_experiment_arguments(
+        parser,
+        experiment_required=False,
+        experiment_help="experiments/<name>.yaml (its `evaluate:` section)",
+        set_example="evaluate.num_actors=2",
+    )
     parser.add_argument("--checkpoints", nargs="+", metavar="DIR", help="sweep dirs or checkpoint dirs")
     parser.add_argument("--split", choices=("train", "val", "test"), help="split to score on (default: test)")
     parser.add_argument("--catalog", help="catalog directory (default: the experiment's data.catalog_dir)")
@@ -33,52 +40,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="products per generation batch")
     parser.add_argument("--max-examples", type=int, help="score only the first N products of the split")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+
+
+# Command-line flag -> the config key it sets (applied after the experiment file and --set).
+_FLAG_KEYS = {
+    "split": "evaluate.split",
+    "catalog": "data.catalog_dir",
+    "primary_metric": "evaluate.primary_metric",
+    "batch_size": "evaluate.batch_size",
+    "max_examples": "data.max_eval_examples",
+    "output": "evaluate.output_dir",
+}
 
 
 def _build_config(args: argparse.Namespace) -> Any:
-    """The experiment config with the command-line choices folded in as `--set` overrides."""
-    from phi3v_ray.config import ModelSection, load_experiment
+    """The experiment config with the command-line choices folded in as overrides."""
+    from phi3v_ray.commands.arguments import load_experiment_from_args
     from phi3v_ray.errors import ConfigError
-    from phi3v_ray.evaluation.checkpoints import discover_checkpoints
+    from phi3v_ray.evaluation.from_config import check_has_checkpoints, checkpoints_model_section
 
-    overrides = list(args.set)
-    if args.split:
-        overrides.append(f"evaluate.split={args.split}")
-    if args.catalog:
-        overrides.append(f"data.catalog_dir={args.catalog}")
-    if args.primary_metric:
-        overrides.append(f"evaluate.primary_metric={args.primary_metric}")
-    if args.batch_size:
-        overrides.append(f"evaluate.batch_size={args.batch_size}")
-    if args.max_examples:
-        overrides.append(f"data.max_eval_examples={args.max_examples}")
-    if args.output:
-        overrides.append(f"evaluate.output_dir={args.output}")
+    flags = [f"{key}={getattr(args, flag)}" for flag, key in _FLAG_KEYS.items() if getattr(args, flag)]
     if args.checkpoints:
-        overrides.append(f"evaluate.checkpoints={json.dumps(args.checkpoints)}")
-    if args.experiment:
-        config = load_experiment(args.experiment, overrides)
-    elif args.checkpoints:
-        from phi3v_ray.config import apply_overrides, config_from_dict
-
-        # Without an experiment file, preprocess as the checkpoints' base model expects (their meta.json).
-        good, _ = discover_checkpoints(args.checkpoints)
-        known = ModelSection.model_fields
-        base = {key: value for key, value in (good[0].base_model if good else {}).items() if key in known}
-        config = config_from_dict(apply_overrides({"model": base}, overrides), source="command line")
-    else:
+        flags.append(f"evaluate.checkpoints={json.dumps(args.checkpoints)}")
+    if not args.experiment and not args.checkpoints:
         raise ConfigError("evaluate: give an experiment file or --checkpoints DIR...")
-    if not config.evaluate.checkpoints:
-        raise ConfigError(
-            f"{args.experiment}: evaluate.checkpoints is empty; list sweep or checkpoint directories"
-        )
+    base = None if args.experiment else {"model": checkpoints_model_section(args.checkpoints)}
+    config = load_experiment_from_args(args, flags, base=base)
+    check_has_checkpoints(config, args.experiment or "command line")
     return config
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the evaluation split, run the job, print the leaderboard and where its files are."""
-    from phi3v_ray.evaluation.runner import run_evaluation
+    from phi3v_ray.evaluation.from_config import run_evaluation
 
     config = _build_config(args)
     outcome = run_evaluation(config, plots=not args.no_plots)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
+
+from phi3v_ray.commands.arguments import add_experiment_arguments, load_experiment_from_args
 
 HELP = "sweep LoRA rank, learning rate or any config key; one multi-worker training run per trial"
 DESCRIPTION = """\
@@ -32,20 +33,12 @@ examples:
   phi3v-ray tune experiments/demo.yaml --set tune.num_samples=8 --set tune.scheduler=fifo
 """
 
-# Non-secret settings the trial processes must see; WANDB_API_KEY is forwarded by Ray itself.
-FORWARDED_ENV = ("WANDB_MODE", "WANDB_SILENT", "DS_ACCELERATOR", "TOKENIZERS_PARALLELISM")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Experiment file, `--set` overrides, resume policy and the dry-run switch."""
-    parser.add_argument("experiment", help="experiments/<name>.yaml (with a `tune:` section)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set tune.num_samples=8 (repeatable)",
+    add_experiment_arguments(
+        parser,
+        experiment_help="experiments/<name>.yaml (with a `tune:` section)",
+        set_example="tune.num_samples=8",
     )
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument("--resume", action="store_true", help="require an interrupted sweep to resume")
@@ -55,56 +48,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def plan_text(config, space, capacity_note: str) -> str:  # noqa: ANN001 - ExperimentConfig/SearchSpace, lazy
-    """What --dry-run prints: each searched key, the trial count, per-trial resources and concurrency."""
-    from phi3v_ray.tune.resources import trial_need
-    from phi3v_ray.tune.sweep import sweep_directory, wandb_group
-
-    tune_section = config.tune
-    lines = [f"sweep {tune_section.name} -> {sweep_directory(config)}"]
-    for dim in space.dimensions:
-        lines.append(f"  {dim.key}: {dim.describe()}")
-    lines.append(
-        f"search {tune_section.search_alg}, {space.grid_size() * tune_section.num_samples} trial(s), "
-        f"scheduler {tune_section.scheduler} on {tune_section.metric} ({tune_section.mode})"
-    )
-    lines.append(trial_need(config).describe())
-    lines.append(capacity_note)
-    lines.append(f"W&B group: {wandb_group(config)}")
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace) -> int:
     """Validate (before Ray starts), then dry-run or sweep; the exit status says how the trials ended."""
-    from phi3v_ray.config import load_experiment
     from phi3v_ray.tune.space import parse_search_space
 
-    config = load_experiment(args.experiment, args.overrides)
+    config = load_experiment_from_args(args)
     space = parse_search_space(config)
     if args.dry_run:
-        from phi3v_ray.errors import ConfigError
-        from phi3v_ray.train.launcher import local_capacity
-        from phi3v_ray.tune.resources import DATA_RESERVE_CPUS, max_concurrent_trials
+        from phi3v_ray.tune.plan import local_capacity_note, plan_text
 
-        cpus, gpus = local_capacity()
-        try:
-            concurrency = max_concurrent_trials(
-                config, {"CPU": cpus, "GPU": gpus}, reserve_cpus=DATA_RESERVE_CPUS
-            )
-            note = f"this machine ({cpus:g} CPU, {gpus:g} GPU) runs up to {concurrency} trial(s) at once"
-        except ConfigError as error:
-            note = f"note: not runnable on this machine as configured: {error}"
-        print(plan_text(config, space, note))
+        print(plan_text(config, space, local_capacity_note(config)))
         return 0
-
-    import ray
 
     from phi3v_ray.tune.results import FAILED, INTERRUPTED
     from phi3v_ray.tune.sweep import run_sweep
 
-    if not ray.is_initialized():
-        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-        ray.init(runtime_env={"env_vars": env} if env else None)
     resume = True if args.resume else (False if args.fresh else None)
     outcome = run_sweep(config, resume=resume)
     statuses = [row.status for row in outcome.rows]

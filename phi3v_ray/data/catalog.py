@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from phi3v_ray.data.schema import BURBERRY_COLUMNS, MANIFEST_EXTRA_COLUMNS, STATUS_OK
+from phi3v_ray.data.schema import BURBERRY_COLUMNS, MANIFEST_EXTRA_COLUMNS, STATUS_OK, is_missing
 from phi3v_ray.errors import DataError
 
 MANIFEST_FILE = "manifest.parquet"
@@ -41,6 +41,16 @@ def usable_rows(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def resolve_image_paths(catalog_dir: str | os.PathLike, relative_paths: pd.Series) -> pd.Series:
-    """Absolute image paths from the dir-relative `local_image_path` column (dirs can move; paths stay valid)."""
+    """Absolute image paths from the dir-relative `local_image_path` column (dirs can move; paths stay valid).
+
+    Absolute paths are kept as they are. A missing or blank path stays None, so the row is rejected as "no image
+    path" instead of pointing at the catalog directory itself.
+    """
     root = Path(catalog_dir).resolve()
-    return relative_paths.map(lambda rel: None if rel is None or pd.isna(rel) else str(root / rel))
+
+    def resolve(value: object) -> str | None:
+        if is_missing(value) or str(value).strip() == "":
+            return None
+        return str(root / str(value))  # joining an absolute path gives that path
+
+    return pd.Series([resolve(v) for v in relative_paths], index=relative_paths.index, dtype=object)

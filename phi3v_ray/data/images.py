@@ -9,13 +9,15 @@ conversion would destroy the picture (16-bit and float greyscale clip to white),
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from phi3v_ray.data.schema import is_missing
+from phi3v_ray.model.geometry import hd_resized_extent
 
 # 64 MP: far above any product photo (a 8000×8000 scan is 64 MP) and small enough that a decoded RGB copy (192 MB)
 # cannot exhaust a preprocessing actor's memory.
@@ -54,22 +56,6 @@ def _reject(reason: str, detail: str, mode: str | None = None) -> DecodedImage:
     return DecodedImage(image=None, reason=reason, detail=detail, original_mode=mode)
 
 
-def hd_resized_extent(width: int, height: int, num_crops: int, crop_size: int) -> tuple[int, int]:
-    """(long side, short side) in pixels after the official HD resize, before padding.
-
-    Same float arithmetic as the official processor; needed here to refuse images whose short side would resize
-    to zero pixels (a 1×6000 strip), which the official code would crash on.
-    """
-    long_side, short_side = max(width, height), min(width, height)
-    ratio = long_side / short_side
-    scale = 1
-    while scale * math.ceil(scale / ratio) <= num_crops:
-        scale += 1
-    scale -= 1
-    new_long = int(scale * crop_size)
-    return new_long, int(new_long / ratio)
-
-
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; high-bit-depth greyscale is rescaled rather than clipped."""
     mode = image.mode
@@ -98,7 +84,7 @@ def decode_image(
     crop_size: int = 336,
 ) -> DecodedImage:
     """Open, check and load one image file as RGB, or say why it cannot be used; never raises for bad files."""
-    if path is None or (isinstance(path, float) and math.isnan(path)) or str(path).strip() == "":
+    if is_missing(path) or str(path).strip() == "":
         return _reject(REASON_NO_PATH, "the row has no local_image_path")
     path = os.fspath(path)
     try:

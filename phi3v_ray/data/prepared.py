@@ -24,6 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from phi3v_ray.data.schema import is_missing
+
 PREPARED_FORMAT = "phi3v-ray-prepared/1"
 # Bump when the meaning of a prepared row changes (prompt text, label rule, canvas layout): old entries then miss.
 PIPELINE_VERSION = 1
@@ -68,7 +70,7 @@ def catalog_fingerprint(rows: pd.DataFrame) -> str:
 
 
 def _json_scalar(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if is_missing(value):
         return None
     if isinstance(value, np.generic):
         return value.item()

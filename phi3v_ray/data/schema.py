@@ -13,6 +13,7 @@ import numbers
 import re
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -83,7 +84,7 @@ def parse_product_code(value: object) -> tuple[int | None, str | None]:
     any other text, and floats above 2**53, which cannot hold every whole number exactly.
     """
     shown = repr(value[:30]) if isinstance(value, str) else str(value)[:30]
-    if _is_null(value) or (isinstance(value, str) and not value.strip()):
+    if is_missing(value) or (isinstance(value, str) and not value.strip()):
         return None, "product_code is empty, expected a whole number"
     if isinstance(value, bool):
         return None, f"product_code {shown} is a boolean, expected a whole number"
@@ -126,7 +127,7 @@ def _to_int(value: object) -> int | None:
 
 def _to_float(value: object) -> float | None:
     """A finite price, or None when the value is missing, text or NaN/inf."""
-    if _is_null(value) or isinstance(value, bool):
+    if is_missing(value) or isinstance(value, bool):
         return None
     try:
         number = float(value)  # type: ignore[arg-type]
@@ -135,13 +136,24 @@ def _to_float(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _is_null(value: object) -> bool:
-    """True for None, pandas NA and float NaN (what parquet/CSV readers give for an empty cell)."""
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+def is_missing(value: object) -> bool:
+    """True for an empty cell: None, pd.NA, pd.NaT, a float/numpy NaN or a numpy NaT.
+
+    The one "is this value missing?" rule for every stage. Readers disagree on what an empty cell becomes (CSV gives
+    NaN, a parquet round trip of a string column gives pd.NA, object columns keep None), so each check must accept
+    all of them; text (even blank) and other values are present, and blank text is each caller's own rule.
+    """
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return math.isnan(value)
+    if isinstance(value, (np.datetime64, np.timedelta64)):
+        return bool(np.isnat(value))
+    return False
 
 
 def _is_blank(value: object) -> bool:
-    return _is_null(value) or str(value).strip() == ""
+    return is_missing(value) or str(value).strip() == ""
 
 
 def _row_problem(row: dict, seen_codes: dict[int, int], position: int) -> str | None:
@@ -171,14 +183,16 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
     for name, kind in BURBERRY_COLUMNS.items():
         values = df[name].tolist()
         if kind == "string":
-            out[name] = pd.array([None if _is_null(v) else str(v) for v in values], dtype="string")
+            out[name] = pd.array([None if is_missing(v) else str(v) for v in values], dtype="string")
         elif kind == "int64":
             out[name] = pd.array([_to_int(v) for v in values], dtype="Int64")
         else:
             out[name] = pd.array([_to_float(v) for v in values], dtype="Float64")
     for name in df.columns:
         if name not in BURBERRY_COLUMNS and name not in MANIFEST_EXTRA_COLUMNS:
-            out[name] = pd.array([None if _is_null(v) else str(v) for v in df[name].tolist()], dtype="string")
+            out[name] = pd.array(
+                [None if is_missing(v) else str(v) for v in df[name].tolist()], dtype="string"
+            )
     return out
 
 

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from phi3v_ray.data.catalog import SPLITS_FILE, read_manifest, resolve_image_paths, usable_rows
@@ -97,9 +98,33 @@ def load_split(catalog_dir: str | os.PathLike, split: str) -> pd.DataFrame:
     rows = pd.read_parquet(path)
     if "split" not in rows.columns:
         raise DataError(f"{path}: no `split` column; expected the output of `phi3v-ray data split`")
+    if "local_image_path" not in rows.columns:
+        raise DataError(
+            f"{path}: split rows have no local_image_path column; run `phi3v-ray data fetch` first"
+        )
     chosen = rows[rows["split"] == split].reset_index(drop=True)
     chosen["image_path"] = resolve_image_paths(catalog_dir, chosen["local_image_path"])
     return chosen
+
+
+def load_split_rows(
+    catalog_dir: str | os.PathLike, split: str, max_examples: int | None = None
+) -> pd.DataFrame:
+    """The rows preparation reads: `local_image_path` made absolute and a `row_id` (position in the split).
+
+    Preprocessing actors may run anywhere in the cluster, so they get absolute paths, never dir-relative ones.
+    """
+    rows = load_split(catalog_dir, split)
+    rows["local_image_path"] = rows["image_path"]
+    return with_row_ids(rows, max_examples)
+
+
+def with_row_ids(rows: pd.DataFrame, max_examples: int | None = None) -> pd.DataFrame:
+    """Keep the first `max_examples` rows (stable) and number them 0..n-1, the key of the rejects bookkeeping."""
+    out = rows.iloc[:max_examples] if max_examples is not None else rows
+    out = out.reset_index(drop=True).copy()
+    out["row_id"] = np.arange(len(out), dtype=np.int64)
+    return out
 
 
 def split_report(rows: pd.DataFrame, category_column: str = "category3_code") -> list[str]:

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from phi3v_ray.data.schema import is_missing
+
 # metric -> True when higher is better; the leaderboard ranks with these directions
 METRIC_DIRECTIONS: dict[str, bool] = {
     "parse_rate": True,
@@ -43,17 +45,9 @@ REQUIRED_COLUMNS = (
 _TOKEN_PATTERN = re.compile(r"[0-9a-z]+")
 
 
-def _is_missing(value: object) -> bool:
-    """None, NaN, pd.NA or NaT: a parquet round trip turns a None in a string column into pd.NA."""
-    if value is None or isinstance(value, str):
-        return value is None
-    missing = pd.isna(value)
-    return bool(missing) if isinstance(missing, (bool, np.bool_)) else False
-
-
 def normalise_text(text: object) -> str:
     """Case- and whitespace-insensitive form for comparing a predicted field with the truth."""
-    if _is_missing(text):
+    if is_missing(text):
         return ""
     return " ".join(str(text).casefold().split())
 
@@ -84,16 +78,16 @@ def score_rows(rows: pd.DataFrame) -> dict[str, float]:
     if count == 0:
         return {"n_examples": 0, **{name: float("nan") for name in METRIC_NAMES}}
 
-    parsed_ok = rows["parse_error"].map(_is_missing).to_numpy()
+    parsed_ok = rows["parse_error"].map(is_missing).to_numpy()
     category_hit = np.array(
         [
-            not _is_missing(p) and normalise_text(p) == normalise_text(t)
+            not is_missing(p) and normalise_text(p) == normalise_text(t)
             for p, t in zip(rows["pred_category"], rows["category"], strict=True)
         ]
     )
     title_hit = np.array(
         [
-            not _is_missing(p) and normalise_text(p) == normalise_text(t)
+            not is_missing(p) and normalise_text(p) == normalise_text(t)
             for p, t in zip(rows["pred_title"], rows["title"], strict=True)
         ]
     )

@@ -13,12 +13,17 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from phi3v_ray.checkpoint import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, model_source
+from phi3v_ray.config import ModelSection
 from phi3v_ray.data.answers import parse_answer
 from phi3v_ray.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from phi3v_ray.evaluation.discovery import CheckpointInfo
 
 BASE_NAME = "base"
 # Columns of one evaluation row (docs/interfaces.md "Evaluation row"), in output order.
@@ -52,6 +57,21 @@ class ContestantSpec:
         """Plain dict, so specs travel to Ray actors as constructor kwargs."""
         return asdict(self)
 
+    @classmethod
+    def of_checkpoint(cls, checkpoint: CheckpointInfo) -> ContestantSpec:
+        """The contestant a discovered checkpoint plays as: its adapter or model directory, keyed by content."""
+        return cls(checkpoint.name, checkpoint.mode, str(checkpoint.weights_dir), checkpoint.content_key)
+
+
+def base_model_kwargs(base: ModelSection) -> dict[str, Any]:
+    """CheckpointPredictor's base-model arguments for a ModelSection: the model loaded the way training loaded it."""
+    return {
+        "base_source": model_source(base),
+        "dtype": base.dtype,
+        "attention": base.attention,
+        "tokenizer": base.tokenizer,
+    }
+
 
 def check_adapter_fits(adapter_dir: Path, model: Any) -> None:
     """Read the whole adapter file and check every tensor's shape against the base, before peft touches the model.
@@ -61,14 +81,14 @@ def check_adapter_fits(adapter_dir: Path, model: Any) -> None:
     """
     from safetensors.torch import load_file
 
-    config_path = adapter_dir / "adapter_config.json"
+    config_path = adapter_dir / ADAPTER_CONFIG_FILE
     try:
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{config_path}: unreadable adapter config ({error})") from None
     if config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{config_path}: peft_type {config.get('peft_type')!r}; expected 'LORA'")
-    weights_path = adapter_dir / "adapter_model.safetensors"
+    weights_path = adapter_dir / ADAPTER_WEIGHTS_FILE
     try:
         tensors = load_file(str(weights_path))
     except Exception as error:  # safetensors raises its own error types for truncated/corrupt files
@@ -136,6 +156,7 @@ class CheckpointPredictor:
         max_new_tokens: int = 48,
         dtype: str = "float32",
         attention: str = "sdpa",
+        tokenizer: str | None = None,
         max_rows_per_generate: int = 128,
     ) -> None:
         import torch
@@ -147,9 +168,11 @@ class CheckpointPredictor:
         _use_reserved_cpus(torch)
         self.max_new_tokens = max_new_tokens
         self.max_rows_per_generate = max_rows_per_generate
-        self.model, tokenizer = load_model(base_source, dtype=dtype, attention=attention)
+        self.model, loaded_tokenizer = load_model(
+            base_source, dtype=dtype, attention=attention, tokenizer=tokenizer
+        )
         self.model.eval()
-        self.processor = Phi3VProcessor.from_config(self.model.config, tokenizer)
+        self.processor = Phi3VProcessor.from_config(self.model.config, loaded_tokenizer)
         self.stop_ids = set(self.processor.stop_token_ids)
         self.specs = [ContestantSpec(**spec) for spec in contestants]
         self.load_errors: dict[str, str] = {}
@@ -163,7 +186,7 @@ class CheckpointPredictor:
                 if spec.kind == "lora":
                     self._load_adapter(spec, f"ckpt{index}")
                 elif spec.kind == "full":
-                    model, _ = load_model(spec.path, dtype=dtype, attention=attention)
+                    model, _ = load_model(spec.path, dtype=dtype, attention=attention, tokenizer=tokenizer)
                     self.full_models[spec.name] = model.eval()
                 elif spec.kind != "base":
                     raise CheckpointError(f"{spec.name}: unknown contestant kind {spec.kind!r}")
@@ -242,7 +265,7 @@ class CheckpointPredictor:
         from peft.tuners.tuners_utils import BaseTunerLayer
         from peft.utils.other import ModulesToSaveWrapper
 
-        from phi3v_ray.train.lora import VISION_TOWER
+        from phi3v_ray.model.module_names import VISION_TOWER
 
         for name, module in self.peft_model.named_modules():
             if isinstance(module, ModulesToSaveWrapper):

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from phi3v_ray.config import WandbSection
-from phi3v_ray.tracking import finish_run, resolve_mode, run_settings
+from phi3v_ray.tracking import finish_run, open_run
 
 
 def _canvas_image(pixel_values: Any, image_size: Any) -> np.ndarray:
@@ -54,26 +54,21 @@ def log_evaluation(
     top_k: int = 3,
 ) -> Path | None:
     """Write one W&B run (job_type "evaluation") and return its run directory; None when W&B is disabled."""
-    mode = resolve_mode(section)
-    if mode == "disabled":
-        return None
-    import wandb
-
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=section.project,
-        entity=section.entity,
-        group=section.group or group,
-        job_type="evaluation",
-        name=run_name,
-        dir=str(directory),
-        mode=mode,
-        config={
+    run = open_run(
+        section,
+        {
             "primary_metric": primary_metric,
             "contestants": leaderboard["checkpoint"].astype(str).tolist(),
         },
-        settings=run_settings(),
+        directory=directory,
+        group=group,
+        name=run_name,
+        job_type="evaluation",
     )
+    if run is None:
+        return None
+    import wandb
+
     try:
         table_frame = leaderboard.astype({"checkpoint": str}).replace({np.nan: None})
         columns, rows = sample_table_rows(leaderboard, predictions, samples, top_k)

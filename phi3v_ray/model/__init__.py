@@ -8,14 +8,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from phi3v_ray.model.configuration import Phi3VConfig, load_config
+    from phi3v_ray.model.configuration import Phi3VConfig
     from phi3v_ray.model.modeling import Phi3VForCausalLM
+    from phi3v_ray.model.official_config import load_config
 
 __all__ = ["Phi3VConfig", "Phi3VForCausalLM", "load_config"]
 
 _EXPORTS = {
     "Phi3VConfig": "phi3v_ray.model.configuration",
-    "load_config": "phi3v_ray.model.configuration",
+    "load_config": "phi3v_ray.model.official_config",
     "Phi3VForCausalLM": "phi3v_ray.model.modeling",
 }
 

@@ -15,17 +15,11 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from phi3v_ray.errors import DataError
 from phi3v_ray.model.configuration import Phi3VConfig
+from phi3v_ray.model.geometry import image_tokens_for_canvas
 
 # OpenAI CLIP normalisation constants (the official preprocessor_config.json image_mean / image_std).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def image_token_count(*, height: int, width: int, crop_size: int, merged_per_side: int) -> int:
-    """Tokens one canvas becomes: sub grid with a newline per row, glb_GN, global grid with a newline per row."""
-    rows, cols = height // crop_size, width // crop_size
-    g = merged_per_side
-    return rows * g * (cols * g + 1) + 1 + g * (g + 1)
 
 
 class CLIPVisionTower(nn.Module):
@@ -47,6 +41,7 @@ class Phi3VImageEmbedding(nn.Module):
     def __init__(self, config: Phi3VConfig) -> None:
         super().__init__()
         self.crop_size = config.crop_size
+        self.patch_size = config.vision_config.patch_size
         self.merged_per_side = config.merged_tokens_per_side
         self.clip_layers_used = config.clip_layers_used()
         feature_dim = config.image_dim_out * 4  # four CLIP vectors per merged token
@@ -104,9 +99,7 @@ class Phi3VImageEmbedding(nn.Module):
     def token_counts(self, image_sizes: torch.Tensor) -> list[int]:
         """How many image tokens each canvas in `image_sizes` (rows of H, W) becomes."""
         return [
-            image_token_count(
-                height=int(h), width=int(w), crop_size=self.crop_size, merged_per_side=self.merged_per_side
-            )
+            image_tokens_for_canvas(int(h), int(w), self.crop_size, self.patch_size)
             for h, w in image_sizes.tolist()
         ]
 

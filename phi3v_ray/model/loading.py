@@ -21,8 +21,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from phi3v_ray.errors import CheckpointError, ConfigError
-from phi3v_ray.model.configuration import Phi3VConfig, config_to_official_dict, load_config
+from phi3v_ray.model.configuration import Phi3VConfig
 from phi3v_ray.model.modeling import Phi3VForCausalLM
+from phi3v_ray.model.official_config import config_to_official_dict, load_config
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

@@ -1,4 +1,4 @@
-"""Phi-3-Vision inputs: the HD canvas (uint8), the image-token count, prompt → ids/labels, and batch collation.
+"""Phi-3-Vision inputs: the HD canvas (uint8), prompt → ids/labels, and batch collation (sizes: model/geometry.py).
 
 The official processor ships each image as a float32 (num_crops+1, 3, 336, 336) tensor of normalised, zero-padded
 crops. We ship the resized, white-padded canvas as uint8 instead and let the model normalise, crop and build the
@@ -19,75 +19,15 @@ import torch
 from PIL import Image
 
 from phi3v_ray.errors import ConfigError, DataError
+from phi3v_ray.model.geometry import (
+    check_crop_settings,
+    hd_resize_plan,
+    image_tokens_for_canvas,
+    num_image_tokens,
+)
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = re.compile(r"<\|image_(\d+)\|>")
-
-
-def _check_crop_settings(num_crops: int, crop_size: int, patch_size: int | None = None) -> None:
-    """Reject crop settings the HD transform or the 2×2 token merge cannot work with."""
-    if not isinstance(num_crops, int) or num_crops < 1:
-        raise ConfigError(f"num_crops: found {num_crops!r}, expected an integer >= 1")
-    if not isinstance(crop_size, int) or crop_size < 1:
-        raise ConfigError(f"crop_size: found {crop_size!r}, expected a positive integer")
-    if patch_size is not None:
-        if not isinstance(patch_size, int) or patch_size < 1 or crop_size % patch_size:
-            raise ConfigError(
-                f"patch_size: found {patch_size!r}, expected a positive divisor of crop_size {crop_size}"
-            )
-        if (crop_size // patch_size) % 2:
-            raise ConfigError(
-                f"crop_size/patch_size: found {crop_size}/{patch_size} = {crop_size // patch_size} patches per side, "
-                "expected an even number (patches are merged 2×2)"
-            )
-
-
-def _hd_resize_plan(width: int, height: int, num_crops: int, crop_size: int) -> tuple[bool, int, int, int]:
-    """(transposed, resized_w, resized_h, padded_h) in the landscape frame, with the official float arithmetic."""
-    _check_crop_settings(num_crops, crop_size)
-    if width < 1 or height < 1:
-        raise DataError(f"image size: found {width}×{height} px, expected at least 1×1 (the image is empty)")
-    transposed = width < height
-    if transposed:
-        width, height = height, width
-    ratio = width / height
-    scale = 1
-    while scale * math.ceil(scale / ratio) <= num_crops:
-        scale += 1
-    scale -= 1
-    resized_w = int(scale * crop_size)
-    resized_h = int(
-        resized_w / ratio
-    )  # float truncation on purpose: 448×400 @4 → 599 rows, as the official code
-    if resized_h < 1:
-        raise DataError(
-            f"image size: found {width}×{height} px (aspect ratio {ratio:.0f}:1), expected a ratio whose short "
-            f"side still spans at least 1 px after resizing the long side to {resized_w} px"
-        )
-    padded_h = math.ceil(resized_h / crop_size) * crop_size
-    return transposed, resized_w, resized_h, padded_h
-
-
-def hd_canvas_size(width: int, height: int, num_crops: int = 16, crop_size: int = 336) -> tuple[int, int]:
-    """(H, W) of the padded HD canvas for an image of width×height, both multiples of crop_size."""
-    transposed, resized_w, _, padded_h = _hd_resize_plan(width, height, num_crops, crop_size)
-    return (resized_w, padded_h) if transposed else (padded_h, resized_w)
-
-
-def image_tokens_for_canvas(canvas_h: int, canvas_w: int, crop_size: int = 336, patch_size: int = 14) -> int:
-    """Image tokens for a canvas: crop grid with a newline per row, the glb separator, the global grid with newlines."""
-    tokens_per_side = crop_size // patch_size // 2
-    rows, cols = canvas_h // crop_size, canvas_w // crop_size
-    return rows * tokens_per_side * (cols * tokens_per_side + 1) + 1 + tokens_per_side * (tokens_per_side + 1)
-
-
-def num_image_tokens(
-    *, width: int, height: int, num_crops: int = 16, crop_size: int = 336, patch_size: int = 14
-) -> int:
-    """How many image tokens an image of width×height becomes, without touching pixels (official formula)."""
-    _check_crop_settings(num_crops, crop_size, patch_size)
-    canvas_h, canvas_w = hd_canvas_size(width, height, num_crops, crop_size)
-    return image_tokens_for_canvas(canvas_h, canvas_w, crop_size, patch_size)
 
 
 def hd_canvas(image: Image.Image, num_crops: int = 16, crop_size: int = 336) -> np.ndarray:
@@ -95,7 +35,7 @@ def hd_canvas(image: Image.Image, num_crops: int = 16, crop_size: int = 336) -> 
     if not isinstance(image, Image.Image):
         raise DataError(f"image: found {type(image).__name__}, expected a PIL.Image.Image")
     width, height = image.size
-    transposed, resized_w, resized_h, padded_h = _hd_resize_plan(width, height, num_crops, crop_size)
+    transposed, resized_w, resized_h, padded_h = hd_resize_plan(width, height, num_crops, crop_size)
     # convert("RGB") discards alpha (no compositing), exactly as the official processor does.
     # (convert() copies even an RGB image: skipped then, ~1 ms of a ~15 ms canvas; nothing below writes to it.)
     rgb = image if image.mode == "RGB" else image.convert("RGB")
@@ -165,7 +105,7 @@ class Phi3VProcessor:
         patch_size: int = 14,
         image_token_id: int | None = None,
     ) -> None:
-        _check_crop_settings(num_crops, crop_size, patch_size)
+        check_crop_settings(num_crops, crop_size, patch_size)
         self.tokenizer = tokenizer
         self.num_crops = num_crops
         self.crop_size = crop_size

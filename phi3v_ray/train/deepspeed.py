@@ -10,11 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from phi3v_ray.config import ExperimentConfig
-
-
-def train_batch_size(config: ExperimentConfig, world_size: int) -> int:
-    """Samples per optimizer step across all workers: micro-batch x accumulation x workers."""
-    return config.optim.micro_batch * config.optim.grad_accum * world_size
+from phi3v_ray.train.schedule import samples_per_step
 
 
 def build_deepspeed_config(config: ExperimentConfig, *, world_size: int, on_gpu: bool) -> dict[str, Any]:
@@ -41,7 +37,7 @@ def build_deepspeed_config(config: ExperimentConfig, *, world_size: int, on_gpu:
     return {
         "train_micro_batch_size_per_gpu": optim.micro_batch,
         "gradient_accumulation_steps": optim.grad_accum,
-        "train_batch_size": train_batch_size(config, world_size),
+        "train_batch_size": samples_per_step(config, world_size),
         "gradient_clipping": optim.grad_clip,
         "optimizer": {
             "type": "AdamW",

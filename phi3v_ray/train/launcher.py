@@ -14,6 +14,7 @@ from typing import Any
 
 from phi3v_ray.config import ExperimentConfig, check_fits_cluster
 from phi3v_ray.errors import ConfigError
+from phi3v_ray.train.faults import PlantedFailure
 
 
 def local_capacity() -> tuple[float, float]:
@@ -61,8 +62,12 @@ def build_trainer(
     *,
     run_name: str | None = None,
     trial: str | None = None,
+    planted_failure: PlantedFailure | None = None,
 ) -> Any:
-    """A TorchTrainer for this experiment over prepared `{"train", "val"}` datasets; call `.fit()` to run it."""
+    """A TorchTrainer for this experiment over prepared `{"train", "val"}` datasets; call `.fit()` to run it.
+
+    `planted_failure` is for tests only (see phi3v_ray.train.faults).
+    """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -70,7 +75,7 @@ def build_trainer(
 
     missing = {"train", "val"} - set(datasets)
     if missing:
-        raise ConfigError(f"datasets: missing {sorted(missing)} (build them with phi3v_ray.data.pipeline)")
+        raise ConfigError(f"datasets: missing {sorted(missing)} (build them with phi3v_ray.data.datasets)")
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
@@ -83,6 +88,7 @@ def build_trainer(
         "train_rows": train_rows,
         "run_name": name,
         "storage_path": storage_path(config),
+        "planted_failure": planted_failure.to_plain() if planted_failure else None,
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -126,12 +132,10 @@ def seal_training_run(
 def fit(config: ExperimentConfig) -> Any:
     """Check capacity, build the prepared datasets, train; returns the ray.train.Result."""
     check_capacity(config)
-    import ray
+    from phi3v_ray.data.datasets import build_train_datasets
+    from phi3v_ray.ray_session import connect
 
-    from phi3v_ray.data.pipeline import build_train_datasets
-
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS picks a running cluster; otherwise a local one (after the capacity check)
+    connect()  # RAY_ADDRESS picks a running cluster; otherwise a local one (after the capacity check)
 
     result = build_trainer(config, build_train_datasets(config)).fit()
     failed = result.error is not None

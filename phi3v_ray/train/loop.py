@@ -5,17 +5,18 @@ for each micro-batch: forward, backward, step -> at the cadence: log, validate, 
 
 The loop does not know whether it runs alone or inside a Tune trial: everything it needs comes in `loop_config`
 from phi3v_ray.train.launcher. Ray has already set up torch.distributed (gloo on CPU, nccl on GPU), so DeepSpeed
-is initialised here directly (no ray.train.torch.prepare_model).
+is initialised here directly (no ray.train.torch.prepare_model). The pieces it is built from live next to it:
+batches (train/batches.py), devices and rank lockstep (train/device.py), validation (train/validation.py), the step
+plan and LR schedule (train/schedule.py), checkpoint files (train/saving.py).
 """
 
 from __future__ import annotations
 
-import math
 import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,14 +24,14 @@ import torch
 import torch.distributed as dist
 
 from phi3v_ray.config import ExperimentConfig
-from phi3v_ray.train import checkpoint as ckpt
-from phi3v_ray.train.deepspeed import build_deepspeed_config, train_batch_size
+from phi3v_ray.train import saving
+from phi3v_ray.train.batches import iter_example_batches
+from phi3v_ray.train.deepspeed import build_deepspeed_config
+from phi3v_ray.train.device import select_device, synced, to_device
+from phi3v_ray.train.faults import PlantedFailure
 from phi3v_ray.train.lora import apply_training_mode
-from phi3v_ray.train.schedule import scheduler_factory
-
-
-class PlannedFailure(RuntimeError):
-    """Raised by `run.fail_at_step` (test-only) to exercise retry-from-checkpoint."""
+from phi3v_ray.train.schedule import planned_steps, scheduler_factory
+from phi3v_ray.train.validation import Validation, validate
 
 
 @dataclass
@@ -51,8 +52,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config = ExperimentConfig.model_validate(loop_config["experiment"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    device = _device(config, context.get_local_rank())
+    device = select_device(config, context.get_local_rank())
     torch.manual_seed(config.run.seed)
+    planted = PlantedFailure.from_plain(loop_config.get("planted_failure"))
 
     # 1. Model, processor, and what trains.
     model, processor = _build_model(config)
@@ -60,7 +62,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model.to(device)
 
     # 2. DeepSpeed engine (optimizer + schedule owned by DeepSpeed so ZeRO can shard and offload them).
-    total_steps = _total_steps(config, loop_config.get("train_rows"), world)
+    total_steps = planned_steps(config, loop_config.get("train_rows"), world)
+    if total_steps is None:
+        raise RuntimeError("train_rows is needed when run.max_steps is not set (the launcher counts it)")
     engine, *_ = deepspeed.initialize(
         model=model,
         model_parameters=_parameter_groups(model, config.optim.weight_decay),
@@ -73,7 +77,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     latest = ray.train.get_checkpoint()
     if latest is not None:
         with latest.as_directory() as directory:
-            state.step, state.epoch, state.epoch_step = ckpt.restore_engine(
+            state.step, state.epoch, state.epoch_step = saving.restore_engine(
                 engine, directory, lora=config.lora.mode == "lora"
             )
         state.resumed = True
@@ -105,17 +109,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         cache_bytes = int(config.data.worker_cache_mb * 2**20)
         train_shard = ReplayableShard(ray.train.get_dataset_shard("train"), cache_bytes)
         val_shard = ReplayableShard(ray.train.get_dataset_shard("val"), cache_bytes)
-        validation = _validate(engine, processor, val_shard, config, device, rank, world)
+        validation = validate(engine, processor, val_shard, config, device, rank, world)
         last_saved = state.step if state.resumed else -1
         window = StepWindow()
         while state.step < total_steps:
             # Resumed mid-epoch: pass over the micro-batches already trained in this epoch.
             skip_micro = state.epoch_step * config.optim.grad_accum
             micro = -1
-            for micro, batch in enumerate(_synced(_micro_batches(train_shard, processor, config), device)):
+            for micro, batch in enumerate(synced(_micro_batches(train_shard, processor, config), device)):
                 if micro < skip_micro:
                     continue
-                loss = engine(**_to_device(batch, device)).loss
+                loss = engine(**to_device(batch, device)).loss
                 engine.backward(loss)
                 boundary = engine.is_gradient_accumulation_boundary()
                 engine.step()
@@ -129,13 +133,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     {f"train/{key}": value for key, value in metrics.items()} | {"trainer/step": state.step},
                     step=state.step,
                 )
-                _maybe_fail(config, state, rank)
+                if planted is not None:  # tests only: see phi3v_ray.train.faults
+                    planted.maybe_raise(config, step=state.step, resumed=state.resumed, rank=rank)
 
                 is_last = state.step >= total_steps
                 should_save = state.step % config.run.checkpoint_every == 0 or is_last
                 validated = state.step % config.run.eval_every == 0 or should_save
                 if validated:
-                    validation = _validate(engine, processor, val_shard, config, device, rank, world)
+                    validation = validate(engine, processor, val_shard, config, device, rank, world)
                     tracker.log({"val/loss": validation.loss, "trainer/step": state.step}, step=state.step)
                     tracker.log_predictions(validation.predictions, step=state.step)
                 # The step's row reaches W&B before Ray hears of the step: after the report the trial may be stopped.
@@ -177,16 +182,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 # ---- building ------------------------------------------------------------------------------------------------------
 
 
-def _device(config: ExperimentConfig, local_rank: int) -> torch.device:
-    if config.scaling.use_gpu:
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    # One intra-op thread per reserved CPU: more threads than reserved cores oversubscribe the node (seen: a 2-core
-    # box ran a tiny model's step 35x slower with 2 threads per worker than with 1).
-    torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
-    return torch.device("cpu")
-
-
 def _build_model(config: ExperimentConfig) -> tuple[torch.nn.Module, Any]:
     """Base model (same bytes on every rank: presets are seeded) and the processor that matches it."""
     from phi3v_ray.model.loading import load_model
@@ -218,49 +213,15 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
     return [group for group in groups if group["params"]]
 
 
-def _total_steps(config: ExperimentConfig, train_rows: int | None, world: int) -> int:
-    """Optimizer steps in this run: run.max_steps, else epochs x (rows per worker // samples per worker step)."""
-    if config.run.max_steps:
-        return config.run.max_steps
-    if not train_rows:
-        raise RuntimeError("train_rows is needed when run.max_steps is not set (the launcher counts it)")
-    per_step = train_batch_size(config, world)
-    return config.run.epochs * max(1, train_rows // per_step)
-
-
 # ---- data ----------------------------------------------------------------------------------------------------------
 
 
 def _micro_batches(shard: Any, processor: Any, config: ExperimentConfig) -> Iterator[dict[str, torch.Tensor]]:
     """Collated micro-batches from a Ray Data shard (one pass = one epoch of this worker's part)."""
-    from phi3v_ray.data.pipeline import iter_example_batches
-
     for examples in iter_example_batches(
         shard, batch_size=config.optim.micro_batch, length_grouping=config.data.length_grouping
     ):
         yield processor.collate(examples)
-
-
-def _synced(batches: Iterable[Any], device: torch.device) -> Iterator[Any]:
-    """Yield while every rank still has a batch: DeepSpeed steps and Ray reports must happen on all ranks together.
-
-    Shards hold equal row counts, but length grouping can cut them into different numbers of micro-batches; the
-    leftover batches on longer shards are drained (not trained) so Ray Data can start the next epoch on all ranks.
-    """
-    iterator = iter(batches)
-    while True:
-        batch = next(iterator, None)
-        flag = torch.tensor([0 if batch is None else 1], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        if int(flag.item()) == 0:
-            for _ in iterator:
-                pass
-            return
-        yield batch
-
-
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
 # ---- metrics -------------------------------------------------------------------------------------------------------
@@ -324,124 +285,6 @@ def _adam_step(engine: Any) -> int:
     return 0
 
 
-def _maybe_fail(config: ExperimentConfig, state: RunState, rank: int) -> None:
-    """TEST ONLY (run.fail_at_step): crash rank 0 once, in an attempt that did not start from a checkpoint."""
-    if config.run.fail_at_step == state.step and not state.resumed and rank == 0:
-        raise PlannedFailure(f"run.fail_at_step={state.step}: planted failure (test-only setting)")
-
-
-# ---- validation ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Validation:
-    """Token-weighted validation loss over all ranks, plus rank 0's sample predictions for the W&B table."""
-
-    step: int
-    loss: float
-    predictions: list[dict[str, Any]]
-    probe: dict[str, torch.Tensor] | None
-
-
-@torch.no_grad()
-def _validate(
-    engine: Any,
-    processor: Any,
-    shard: Any,
-    config: ExperimentConfig,
-    device: torch.device,
-    rank: int,
-    world: int,
-) -> Validation:
-    """Score the val shard, generate a few answers, and keep one example as the checkpoint's load probe."""
-    engine.eval()
-    loss_sum, token_count = 0.0, 0
-    first_examples: list[dict[str, Any]] = []
-    from phi3v_ray.data.pipeline import iter_example_batches
-
-    grouped = iter_example_batches(shard, batch_size=config.optim.micro_batch, length_grouping=False)
-    for examples in _synced(grouped, device):
-        if len(first_examples) < max(1, config.run.val_generate_samples):
-            first_examples.extend(examples[: max(1, config.run.val_generate_samples) - len(first_examples)])
-        batch = _to_device(processor.collate(examples), device)
-        output = engine(**batch)
-        tokens = int((batch["labels"][:, 1:] != -100).sum())
-        loss_sum += float(output.loss) * tokens
-        token_count += tokens
-    totals = torch.tensor([loss_sum, token_count], dtype=torch.float64, device=device)
-    dist.all_reduce(totals)
-    predictions = _generate(engine, processor, first_examples, config, device, world)
-    probe = _probe(engine, processor, first_examples[:1], device) if first_examples else None
-    engine.train()
-    loss = float(totals[0] / totals[1]) if totals[1] > 0 else math.nan
-    return Validation(
-        step=int(engine.global_steps), loss=loss, predictions=predictions if rank == 0 else [], probe=probe
-    )
-
-
-def _generate(
-    engine: Any,
-    processor: Any,
-    examples: list[dict[str, Any]],
-    config: ExperimentConfig,
-    device: torch.device,
-    world: int,
-) -> list[dict[str, Any]]:
-    """Greedy answers for a few val products. Every rank generates (ZeRO-3 forwards are collective)."""
-    count = config.run.val_generate_samples
-    if count == 0 or not examples:
-        return []
-    examples = examples[:count]
-    prompts = [_prompt_only(example) for example in examples]
-    batch = _to_device(processor.collate(prompts, padding_side="left"), device)
-    batch.pop("labels", None)
-    generated = engine.module.generate(
-        **batch,
-        max_new_tokens=config.evaluate.max_new_tokens,
-        do_sample=False,
-        synced_gpus=config.deepspeed.zero_stage == 3 and world > 1,
-    )
-    new_tokens = generated[:, batch["input_ids"].shape[1] :]
-    rows = []
-    for example, tokens in zip(examples, new_tokens, strict=True):
-        labels = [int(t) for t in example["labels"] if int(t) != -100]
-        rows.append(
-            {
-                "product_code": example.get("product_code", ""),
-                "pixel_values": example["pixel_values"],
-                "image_size": example["image_size"],
-                "generated": processor.decode(tokens.tolist()),
-                "expected": processor.decode(labels),
-            }
-        )
-    return rows
-
-
-def _prompt_only(example: dict[str, Any]) -> dict[str, Any]:
-    """The example cut before its answer (labels mark the answer), for generation."""
-    ids, labels = example["input_ids"], example["labels"]
-    answer_positions = [i for i, label in enumerate(labels) if int(label) != -100]
-    end = answer_positions[0] if answer_positions else len(ids)
-    return {
-        "input_ids": ids[:end],
-        "labels": None,
-        "pixel_values": example["pixel_values"],
-        "image_size": example["image_size"],
-    }
-
-
-def _probe(
-    engine: Any, processor: Any, examples: list[dict[str, Any]], device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Inputs and last-position logits of one val example, saved with checkpoints so loaders can verify them."""
-    batch = processor.collate(examples)
-    logits = engine(**_to_device(batch, device)).logits
-    return {
-        **{key: value.cpu() for key, value in batch.items() if key != "labels"},
-        "logits": logits[:, -ckpt.PROBE_POSITIONS :].float().cpu(),
-    }
-
-
 # ---- checkpointing -------------------------------------------------------------------------------------------------
 
 
@@ -459,7 +302,7 @@ def _save_and_report(
 
     local = tempfile.mkdtemp(prefix=f"phi3v-ckpt-{state.step}-r{rank}-")
     try:
-        ckpt.save_checkpoint(
+        saving.save_checkpoint(
             engine,
             local,
             config=config,

@@ -1,8 +1,8 @@
 """Decide what trains: LoRA adapters on the language model, the vision tower frozen / LoRA / full, the projector.
 
 The projector (and a fully trained vision tower) go through peft's `modules_to_save`, so the adapter directory alone
-carries every trained weight and evaluation needs only base + adapter. Module names are the official checkpoint's
-(`model.vision_embed_tokens.img_processor` = CLIP, `...img_projection` = projector).
+carries every trained weight and evaluation needs only base + adapter. The module names it targets are the model's
+own (phi3v_ray.model.module_names), shared with evaluation.
 """
 
 from __future__ import annotations
@@ -10,12 +10,7 @@ from __future__ import annotations
 import torch
 
 from phi3v_ray.config import VISION_LORA_TARGETS, LoraSection
-
-VISION_TOWER = "img_processor"
-PROJECTOR = "img_projection"
-# The projector's two Linear layers, saved one by one: peft can route a mixed-adapter batch through a wrapped Linear
-# but not through a wrapped Sequential, so evaluation can answer for several adapters in one generate.
-PROJECTOR_LAYERS = (f"{PROJECTOR}.0", f"{PROJECTOR}.2")
+from phi3v_ray.model.module_names import PROJECTOR_LAYERS, VISION_TOWER
 
 
 def _module_regex(language_targets: list[str], vision_targets: list[str]) -> str:

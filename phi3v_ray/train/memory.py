@@ -164,7 +164,7 @@ class MemoryEstimate:
 
 def image_tokens_per_sample(dims: ModelDims, num_crops: int, *, width: int = 1000, height: int = 1000) -> int:
     """Image tokens of a product photo (square by default, like catalog shots) under the HD transform."""
-    from phi3v_ray.model.processing import num_image_tokens
+    from phi3v_ray.model.geometry import num_image_tokens
 
     return num_image_tokens(
         width=width,

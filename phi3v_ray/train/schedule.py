@@ -1,17 +1,44 @@
-"""Learning-rate schedule: linear warmup, then cosine, linear or constant.
+"""How long a run is and how its learning rate moves: the step plan and the LR schedule.
 
-A LambdaLR over the optimizer DeepSpeed builds, so the engine steps it and saves its state with the engine
-checkpoint (resume continues the schedule where it stopped).
+`planned_steps` is the one rule for "how many optimizer steps will this run take": the training loop runs exactly
+that many, the sweep sizes ASHA's max_t with it and `train --dry-run` prints it. The LR schedule is a LambdaLR over
+the optimizer DeepSpeed builds, so the engine steps it and saves its state with the engine checkpoint (resume
+continues the schedule where it stopped). torch is imported lazily so the dry run can plan without it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+from phi3v_ray.config import ExperimentConfig, OptimSection
 
-from phi3v_ray.config import OptimSection
+if TYPE_CHECKING:
+    import torch
+
+
+def samples_per_step(config: ExperimentConfig, world_size: int) -> int:
+    """Samples per optimizer step across all workers: micro-batch x accumulation x workers."""
+    return config.optim.micro_batch * config.optim.grad_accum * world_size
+
+
+def steps_per_epoch(config: ExperimentConfig, train_rows: int, world_size: int) -> int:
+    """Whole optimizer steps in one pass over `train_rows` examples (a partial last step is dropped), at least 1."""
+    return max(1, train_rows // samples_per_step(config, world_size))
+
+
+def planned_steps(config: ExperimentConfig, train_rows: int | None, world_size: int | None = None) -> int | None:
+    """Optimizer steps in the run: `run.max_steps`, else epochs x steps per epoch; None when rows are unknown.
+
+    `world_size` defaults to `scaling.num_workers` (what the launcher starts).
+    """
+    if config.run.max_steps:
+        return config.run.max_steps
+    if not train_rows:
+        return None
+    world = config.scaling.num_workers if world_size is None else world_size
+    return config.run.epochs * steps_per_epoch(config, train_rows, world)
 
 
 def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -34,6 +61,8 @@ def scheduler_factory(
     warmup_steps = int(round(optim.warmup_ratio * total_steps))
 
     def build(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        import torch
+
         def factor(step: int) -> float:
             return lr_multiplier(
                 step, total_steps=total_steps, warmup_steps=warmup_steps, schedule=optim.schedule

@@ -257,10 +257,9 @@ def log_sweep_summary(
     run_id: str,
 ) -> str | None:
     """One extra W&B run in the sweep's group (job_type sweep-summary) holding the trials table; returns its id."""
-    from phi3v_ray.tracking import finish_run, resolve_mode, run_settings
+    from phi3v_ray.tracking import finish_run, open_run, resolve_mode
 
-    wandb_mode = resolve_mode(wandb_section)
-    if wandb_mode == "disabled":
+    if resolve_mode(wandb_section) == "disabled":
         return None
     import wandb
 
@@ -269,19 +268,14 @@ def log_sweep_summary(
     for record in as_records(rows, hyperparameter_keys, metric):
         # W&B types each column from its values: a missing number must be None, never ""
         table.add_data(*[(None if record[h] in ("", None) else record[h]) for h in header])
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=wandb_section.project,
-        entity=wandb_section.entity,
-        group=wandb_section.group or group,
-        id=run_id,
+    run = open_run(
+        wandb_section,
+        {"sweep": group, "trials": len(rows)},
+        directory=directory,
+        group=group,
+        run_id=run_id,
         name=run_id,
         job_type="sweep-summary",
-        dir=directory,
-        mode=wandb_mode,
-        resume="allow",
-        config={"sweep": group, "trials": len(rows)},
-        settings=run_settings(),
     )
     run.log({"sweep/trials": table})
     scored = [r for r in rows if r.best_metric is not None]

@@ -22,6 +22,8 @@ from typing import Any
 
 from phi3v_ray.config import ExperimentConfig, config_from_dict
 from phi3v_ray.errors import ConfigError
+from phi3v_ray.train.faults import PlantedFailure
+from phi3v_ray.train.schedule import planned_steps
 from phi3v_ray.tune import resources
 from phi3v_ray.tune.results import (
     FAILED,
@@ -100,6 +102,7 @@ def run_trial(
     base: dict[str, Any],
     space: SearchSpace,
     datasets: Mapping[str, Any] | None,
+    planted_failure: PlantedFailure | None = None,
 ) -> None:
     """Tune function trainable: one TorchTrainer run for this trial's values, then a closing `finished` result."""
     from ray import tune
@@ -110,11 +113,16 @@ def run_trial(
     trial_id = tune.get_context().get_trial_id()
     config = trial_config(config_from_dict(base), space, sampled, trial_id)
     if datasets is None:
-        from phi3v_ray.data.pipeline import build_train_datasets
+        from phi3v_ray.data.datasets import build_train_datasets
 
         datasets = build_train_datasets(config)
     trainer = build_trainer(
-        config, datasets, callbacks=[TuneReportCallback()], run_name=trial_id, trial=trial_id
+        config,
+        datasets,
+        callbacks=[TuneReportCallback()],
+        run_name=trial_id,
+        trial=trial_id,
+        planted_failure=planted_failure,
     )
     result = trainer.fit()
     if result.error is not None:
@@ -140,23 +148,12 @@ def _closing_result(result: Any, config: ExperimentConfig) -> dict[str, Any]:
 
 def prepare_shared_datasets(config: ExperimentConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Compute the train/val examples once into the prepared cache; every trial then only reads that cache."""
-    from phi3v_ray.data.pipeline import build_train_datasets, write_prepared_split
+    from phi3v_ray.data.datasets import build_train_datasets, write_prepared_split
 
     for split in ("train", "val"):
         entry, summary, reused = write_prepared_split(config, split, prompt_only=False)
         echo(f"prepared {split}: {'reused' if reused else 'computed'} {entry.directory} ({summary})")
     return build_train_datasets(config)
-
-
-def planned_steps(config: ExperimentConfig, train_rows: int | None) -> int | None:
-    """Optimizer steps one trial runs, by the training loop's own rule (max_steps, else whole steps per epoch)."""
-    from phi3v_ray.train.deepspeed import train_batch_size
-
-    if config.run.max_steps:
-        return config.run.max_steps
-    if not train_rows:
-        return None
-    return config.run.epochs * max(1, train_rows // train_batch_size(config, config.scaling.num_workers))
 
 
 def build_scheduler(config: ExperimentConfig, total_steps: int | None) -> Any:
@@ -204,28 +201,22 @@ def run_sweep(
     datasets: Mapping[str, Any] | None = None,
     resume: bool | None = None,
     echo: Callable[[str], None] = print,
+    planted_failure: PlantedFailure | None = None,
 ) -> SweepOutcome:
     """Validate, size, prepare data once, run (or resume) the sweep, then write results and the W&B summary.
 
     `resume=None` resumes when the sweep directory holds an interrupted sweep and starts fresh otherwise;
-    `True` insists on resuming, `False` refuses to touch an existing sweep.
+    `True` insists on resuming, `False` refuses to touch an existing sweep. `planted_failure` is for tests only
+    (phi3v_ray.train.faults): every trial's workers receive it and the trials it names fail on purpose.
     """
-    import ray
     from ray import tune
+
+    from phi3v_ray.ray_session import connect
 
     space = parse_search_space(config)
     sweep_dir = sweep_directory(config)
-    can_restore = tune.Tuner.can_restore(str(sweep_dir))
-    if resume is True and not can_restore:
-        raise ConfigError(f"tune.name: nothing to resume in {sweep_dir} (no Tune experiment state there)")
-    if resume is False and can_restore:
-        raise ConfigError(
-            f"tune.name: {sweep_dir} already holds a sweep; resume it (--resume) or pick another tune.name"
-        )
-    resuming = bool(can_restore and resume is not False)
-
-    if not ray.is_initialized():
-        ray.init()
+    resuming = _resuming(sweep_dir, resume)
+    connect()
     cluster, nodes = resources.live_cluster()
     need = resources.trial_need(config)
     concurrency = resources.max_concurrent_trials(
@@ -248,7 +239,11 @@ def run_sweep(
     )
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, base=config.to_plain(), space=space, datasets=datasets if shared else None
+            run_trial,
+            base=config.to_plain(),
+            space=space,
+            datasets=datasets if shared else None,
+            planted_failure=planted_failure,
         ),
         resources.driver_resources(need),
     )
@@ -262,29 +257,52 @@ def run_sweep(
             restart_errored=True,
         )
     else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space.param_space(),
-            tune_config=tune.TuneConfig(
-                metric=config.tune.metric,
-                mode=config.tune.mode,
-                num_samples=config.tune.num_samples,
-                max_concurrent_trials=concurrency,
-                search_alg=build_search_alg(config, concurrency),
-                scheduler=build_scheduler(config, planned_steps(config, train_rows)),
-                reuse_actors=False,
-            ),
-            run_config=tune.RunConfig(
-                name=config.tune.name,
-                storage_path=str(sweep_dir.parent),
-                failure_config=tune.FailureConfig(max_failures=0),
-                verbose=1,
-            ),
-        )
+        tuner = new_tuner(config, space, trainable, concurrency, planned_steps(config, train_rows))
     grid = tuner.fit()
     wall_s = time.perf_counter() - started
     return finish_sweep(
         config, space, grid, resumed=resuming, concurrency=concurrency, wall_s=wall_s, echo=echo
+    )
+
+
+def _resuming(sweep_dir: Path, resume: bool | None) -> bool:
+    """Whether this run resumes the sweep in `sweep_dir`, or a ConfigError when the resume policy forbids both."""
+    from ray import tune
+
+    can_restore = tune.Tuner.can_restore(str(sweep_dir))
+    if resume is True and not can_restore:
+        raise ConfigError(f"tune.name: nothing to resume in {sweep_dir} (no Tune experiment state there)")
+    if resume is False and can_restore:
+        raise ConfigError(
+            f"tune.name: {sweep_dir} already holds a sweep; resume it (--resume) or pick another tune.name"
+        )
+    return bool(can_restore and resume is not False)
+
+
+def new_tuner(
+    config: ExperimentConfig, space: SearchSpace, trainable: Any, concurrency: int, total_steps: int | None
+) -> Any:
+    """A fresh Tuner: the search, scheduler and concurrency cap from the config; no Tune-level retries."""
+    from ray import tune
+
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=config.tune.metric,
+            mode=config.tune.mode,
+            num_samples=config.tune.num_samples,
+            max_concurrent_trials=concurrency,
+            search_alg=build_search_alg(config, concurrency),
+            scheduler=build_scheduler(config, total_steps),
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=config.tune.name,
+            storage_path=str(sweep_directory(config).parent),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=1,
+        ),
     )
 
 

@@ -1,4 +1,4 @@
-"""The evaluation job: checkpoints in, leaderboard out.
+"""Score contestants on a dataset: checkpoints in, leaderboard out.
 
 Reads top to bottom: discover checkpoints → reuse cached predictions by content key → Ray Data batch inference for
 the rest (one actor pool per base model) → trivial contestant → metrics → ranked leaderboard, files and plots.
@@ -17,16 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from phi3v_ray.config import EvalSection
+from phi3v_ray.checkpoint import base_model_key, model_source
+from phi3v_ray.config import EvalSection, ModelSection
 from phi3v_ray.data.answers import parse_answer
 from phi3v_ray.errors import CheckpointError
-from phi3v_ray.evaluation.checkpoints import (
-    BrokenCheckpoint,
-    CheckpointInfo,
-    base_model_key,
-    base_model_source,
-    discover_checkpoints,
-)
+from phi3v_ray.evaluation.discovery import BrokenCheckpoint, CheckpointInfo, discover_checkpoints
 from phi3v_ray.evaluation.leaderboard import (
     check_metric_name,
     rank_contestants,
@@ -35,38 +30,16 @@ from phi3v_ray.evaluation.leaderboard import (
 )
 from phi3v_ray.evaluation.metrics import score_by_contestant
 from phi3v_ray.evaluation.plots import write_plots
-from phi3v_ray.evaluation.predictor import BASE_NAME, OUTPUT_COLUMNS, CheckpointPredictor, ContestantSpec
+from phi3v_ray.evaluation.predictor import (
+    BASE_NAME,
+    OUTPUT_COLUMNS,
+    CheckpointPredictor,
+    ContestantSpec,
+    base_model_kwargs,
+)
 from phi3v_ray.evaluation.trivial import TRIVIAL_NAME, TrivialPredictor
 
 TRUTH_COLUMNS = ["product_code", "title", "category", "full_price"]
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    """Knobs of one evaluation (mirrors the `evaluate` config section)."""
-
-    batch_size: int = 8
-    max_new_tokens: int = 48
-    primary_metric: str = "category_accuracy"
-    include_base: bool = True
-    include_trivial: bool = True
-    num_actors: int = 1
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-
-    @classmethod
-    def from_section(cls, section: EvalSection) -> EvaluationSettings:
-        """Settings from a validated `evaluate:` config section."""
-        return cls(
-            batch_size=section.batch_size,
-            max_new_tokens=section.max_new_tokens,
-            primary_metric=section.primary_metric,
-            include_base=section.include_base,
-            include_trivial=section.include_trivial,
-            num_actors=section.num_actors,
-            cpus_per_actor=section.cpus_per_actor,
-            gpus_per_actor=section.gpus_per_actor,
-        )
 
 
 @dataclass
@@ -87,7 +60,7 @@ class EvaluationResult:
         return to_markdown(self.leaderboard, primary)
 
 
-def evaluation_signature(truth: pd.DataFrame, settings: EvaluationSettings) -> str:
+def evaluation_signature(truth: pd.DataFrame, settings: EvalSection) -> str:
     """Key of the evaluation inputs: which products, their truth, and generation length (batching does not matter)."""
     digest = hashlib.sha256()
     ordered = truth[TRUTH_COLUMNS].astype(str).sort_values(TRUTH_COLUMNS)
@@ -99,24 +72,23 @@ def evaluation_signature(truth: pd.DataFrame, settings: EvaluationSettings) -> s
 
 def contestant_specs(
     checkpoints: list[CheckpointInfo], include_base: bool
-) -> dict[str, tuple[dict[str, Any], list[ContestantSpec]]]:
-    """Group contestants by base model: base key -> (base ModelSection dict, specs sharing that base)."""
-    groups: dict[str, tuple[dict[str, Any], list[ContestantSpec]]] = {}
+) -> dict[str, tuple[ModelSection, list[ContestantSpec]]]:
+    """Group contestants by base model: base key -> (base ModelSection, specs sharing that base)."""
+    groups: dict[str, tuple[ModelSection, list[ContestantSpec]]] = {}
     for checkpoint in checkpoints:
         key = base_model_key(checkpoint.base_model)
-        base, specs = groups.setdefault(key, (checkpoint.base_model, []))
-        path = checkpoint.adapter_dir if checkpoint.mode == "lora" else checkpoint.model_dir
-        specs.append(ContestantSpec(checkpoint.name, checkpoint.mode, str(path), checkpoint.content_key))
+        _, specs = groups.setdefault(key, (checkpoint.base_model, []))
+        specs.append(ContestantSpec.of_checkpoint(checkpoint))
     if include_base:
         many_bases = len(groups) > 1
         for key, (base, specs) in groups.items():
-            name = f"{BASE_NAME}[{base_model_source(base)}]" if many_bases else BASE_NAME
+            name = f"{BASE_NAME}[{model_source(base)}]" if many_bases else BASE_NAME
             specs.insert(0, ContestantSpec(name, "base", None, f"base-{key}"))
     return groups
 
 
 def run_predictor(
-    dataset: Any, base: dict[str, Any], specs: list[ContestantSpec], settings: EvaluationSettings
+    dataset: Any, base: ModelSection, specs: list[ContestantSpec], settings: EvalSection
 ) -> pd.DataFrame:
     """Ray Data batch inference: an actor pool whose actors each hold the base once and every contestant's adapter."""
     import ray
@@ -124,11 +96,9 @@ def run_predictor(
     predictions = dataset.map_batches(
         CheckpointPredictor,
         fn_constructor_kwargs={
-            "base_source": base_model_source(base),
+            **base_model_kwargs(base),
             "contestants": [spec.to_dict() for spec in specs],
             "max_new_tokens": settings.max_new_tokens,
-            "dtype": base.get("dtype", "float32"),
-            "attention": base.get("attention", "sdpa"),
         },
         batch_size=settings.batch_size,
         batch_format="numpy",
@@ -169,7 +139,7 @@ def evaluate(
     dataset: Any,
     checkpoint_paths: list[str],
     output_dir: str | Path,
-    settings: EvaluationSettings,
+    settings: EvalSection,
     *,
     trivial: TrivialPredictor | None = None,
     plots: bool = True,

@@ -1,26 +1,24 @@
-"""Checkpoint directory I/O (layout in docs/interfaces.md): adapter/ or model/, engine/, meta.json.
+"""The training side of a checkpoint: save from a DeepSpeed engine, restore an engine, fingerprint the base.
 
-Every rank calls `save_checkpoint` (DeepSpeed's engine save and ZeRO-3 gathers are collective); only rank 0 writes
-the adapter, the consolidated model and meta.json. Adapters and models are safetensors; engine/ is DeepSpeed's own
-resume format and is only ever read back by `restore_engine` in a training run.
+The directory layout and meta.json are phi3v_ray.checkpoint's contract; this module only fills it. Every rank calls
+`save_checkpoint` (DeepSpeed's engine save and ZeRO-3 gathers are collective); only rank 0 writes the adapter, the
+consolidated model, the probe and meta.json. Adapters and models are safetensors; engine/ is DeepSpeed's own resume
+format and is only ever read back by `restore_engine` in a training run.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from phi3v_ray.checkpoint import ADAPTER_DIR, ENGINE_DIR, MODEL_DIR, PROBE_FILE, CheckpointMeta, write_meta
 from phi3v_ray.config import ExperimentConfig
 from phi3v_ray.errors import CheckpointError
 
-FORMAT = "phi3v-ray-checkpoint/1"
-ENGINE_DIR, ADAPTER_DIR, MODEL_DIR, META_FILE = "engine", "adapter", "model", "meta.json"
 ENGINE_TAG = "state"
-PROBE_FILE = "probe.safetensors"
 PROBE_POSITIONS = 16  # logits kept per probe: enough to catch a wrong base or adapter, small for a 32k vocab
 
 
@@ -126,30 +124,18 @@ def save_checkpoint(
             from safetensors.torch import save_file
 
             save_file({key: value.contiguous() for key, value in probe.items()}, str(directory / PROBE_FILE))
-        meta = {
-            "format": FORMAT,
-            "mode": config.lora.mode,
-            "base_model": config.model.model_dump(mode="json"),
-            "experiment": config.to_plain(),
-            "step": state["step"],
-            "epoch": state["epoch"],
-            "metrics": {key: float(value) for key, value in metrics.items()},
-            "trial": trial,
-            "base_fingerprint": fingerprint,
-        }
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+        meta = CheckpointMeta(
+            mode=config.lora.mode,
+            base_model=config.model,
+            experiment=config.to_plain(),
+            step=state["step"],
+            epoch=state["epoch"],
+            metrics={key: float(value) for key, value in metrics.items()},
+            trial=trial,
+            base_fingerprint=fingerprint,
+        )
+        write_meta(directory, meta)
     return directory
-
-
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    """meta.json of a checkpoint, checked for our format tag."""
-    path = Path(directory) / META_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: no {META_FILE} (not a phi3v-ray checkpoint)")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
 
 
 def restore_engine(engine: Any, directory: str | Path, *, lora: bool) -> tuple[int, int, int]:
@@ -162,43 +148,3 @@ def restore_engine(engine: Any, directory: str | Path, *, lora: bool) -> tuple[i
     if client_state is None:
         raise CheckpointError(f"{engine_dir}: DeepSpeed could not load the engine state")
     return int(client_state["step"]), int(client_state["epoch"]), int(client_state.get("epoch_step", 0))
-
-
-def load_trained_model(directory: str | Path, *, dtype: str = "float32") -> torch.nn.Module:
-    """Base model + adapter (or the consolidated model) from a checkpoint, the way evaluation loads it."""
-    from phi3v_ray.config import ModelSection
-    from phi3v_ray.model.loading import load_model
-
-    meta = read_meta(directory)
-    directory = Path(directory)
-    if meta["mode"] == "full":
-        model, _ = load_model(str(directory / MODEL_DIR), dtype=dtype)
-        return model
-    base = ModelSection.model_validate(meta["base_model"])
-    model, _ = load_model(base.path or base.preset, dtype=dtype, attention=base.attention)
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR))
-
-
-def probe_matches(model: torch.nn.Module, directory: str | Path, *, atol: float = 1e-5) -> float:
-    """Max |logit difference| between `model` now and the training engine at save time on the stored probe.
-
-    Raises CheckpointError when it exceeds `atol` (wrong base, adapter not applied, dtype drift).
-    """
-    from safetensors.torch import load_file
-
-    path = Path(directory) / PROBE_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: no {PROBE_FILE} to verify against")
-    probe = load_file(str(path))
-    expected = probe.pop("logits")
-    model.eval()
-    with torch.no_grad():
-        logits = model(**probe).logits[:, -expected.shape[1] :].float()
-    difference = float((logits - expected).abs().max())
-    if difference > atol:
-        raise CheckpointError(
-            f"{directory}: reloaded logits differ from save time by {difference:.3g} (> {atol})"
-        )
-    return difference

@@ -1,6 +1,8 @@
 """Run one evaluation from an experiment config: prepared split → every contestant scored → files + W&B.
 
-Shared by `phi3v-ray evaluate` and the demo, so both produce the same leaderboard from the same steps.
+Shared by `phi3v-ray evaluate` and the demo, so both produce the same leaderboard from the same steps. Without an
+experiment file, `checkpoints_model_section` supplies the `model:` section the checkpoints were trained with, so the
+evaluation split is preprocessed as their base model expects.
 """
 
 from __future__ import annotations
@@ -10,23 +12,37 @@ from pathlib import Path
 from typing import Any
 
 from phi3v_ray.config import ExperimentConfig
+from phi3v_ray.errors import ConfigError
+
+
+def checkpoints_model_section(paths: list[str]) -> dict[str, Any]:
+    """The `model:` section (as a plain dict) of the first usable checkpoint below `paths`; {} when none is usable."""
+    from phi3v_ray.evaluation.discovery import discover_checkpoints
+
+    good, _ = discover_checkpoints(paths)
+    return good[0].base_model.model_dump(mode="json") if good else {}
+
+
+def check_has_checkpoints(config: ExperimentConfig, source: str) -> None:
+    """An evaluation needs at least one sweep or checkpoint directory; say where the empty list came from."""
+    if not config.evaluate.checkpoints:
+        raise ConfigError(f"{source}: evaluate.checkpoints is empty; list sweep or checkpoint directories")
 
 
 def run_evaluation(
     config: ExperimentConfig, *, plots: bool = True, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Score config.evaluate.checkpoints on config.evaluate.split; returns leaderboard, markdown and file paths."""
-    import ray
-
-    from phi3v_ray.data.pipeline import build_prepared_dataset, load_split_rows
-    from phi3v_ray.evaluation.job import EvaluationSettings, evaluate
+    from phi3v_ray.data.datasets import build_prepared_dataset
+    from phi3v_ray.data.split import load_split_rows
+    from phi3v_ray.evaluation.scoring import evaluate
     from phi3v_ray.evaluation.trivial import TrivialPredictor
     from phi3v_ray.evaluation.wandb_report import log_evaluation
+    from phi3v_ray.ray_session import connect
 
     section = config.evaluate
     output_dir = Path(section.output_dir or Path(section.checkpoints[0]) / "evaluation")
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
+    connect(log_to_driver=False)
     dataset, _rejects = build_prepared_dataset(config, section.split, prompt_only=True)
     trivial = None
     if section.include_trivial:
@@ -40,7 +56,7 @@ def run_evaluation(
         dataset,
         section.checkpoints,
         output_dir,
-        EvaluationSettings.from_section(section),
+        section,
         trivial=trivial,
         plots=plots,
     )

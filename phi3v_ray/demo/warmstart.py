@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from phi3v_ray.data.synth import NOUNS, STYLES, build_table, draw_product
+from phi3v_ray.data.synth import NOUNS, STYLES, build_table
+from phi3v_ray.data.synth_images import draw_product
 from phi3v_ray.data.vocabulary import CATEGORIES, COLOURS, MATERIALS, PATTERNS
 from phi3v_ray.model.loading import load_model, save_pretrained
 from phi3v_ray.model.processing import Phi3VProcessor

@@ -1,14 +1,13 @@
-"""Small checkpoints with known behaviour, for the evaluation tests and benchmark.
+"""Small checkpoints with known behaviour, for the evaluation tests and benchmarks/evaluate.py (test scaffolding).
 
 A LoRA adapter trained with a plain torch loop to memorise a handful of visually distinct products must rank
 above an untrained adapter; that is the smallest end-to-end proof that the evaluator measures what it claims.
-The checkpoints use the real layout (peft `adapter/` in safetensors + `meta.json`), so they exercise the same
-loading path as checkpoints from `phi3v-ray train`.
+The checkpoints use the real layout (peft `adapter/` in safetensors + a `CheckpointMeta` written by
+phi3v_ray.checkpoint), so they exercise the same loading path as checkpoints from `phi3v-ray train`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,28 +85,6 @@ def prepared_rows(
     return rows
 
 
-def write_meta(directory: Path, *, step: int, trial: str | None = None) -> None:
-    """A meta.json in the checkpoint contract for a tiny-base LoRA checkpoint."""
-    meta = {
-        "format": "phi3v-ray-checkpoint/1",
-        "mode": "lora",
-        "base_model": {
-            "preset": "tiny",
-            "path": None,
-            "tokenizer": None,
-            "dtype": "float32",
-            "attention": "sdpa",
-            "num_crops": 4,
-        },
-        "experiment": {},
-        "step": step,
-        "epoch": 0,
-        "metrics": {},
-        "trial": trial,
-    }
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
-
-
 def make_lora_checkpoint(
     directory: str | Path,
     *,
@@ -124,7 +101,8 @@ def make_lora_checkpoint(
     """
     import torch
 
-    from phi3v_ray.config import LoraSection
+    from phi3v_ray.checkpoint import ADAPTER_DIR, CheckpointMeta, write_meta
+    from phi3v_ray.config import LoraSection, ModelSection
     from phi3v_ray.model.loading import load_model
     from phi3v_ray.model.processing import Phi3VProcessor
     from phi3v_ray.train.lora import apply_training_mode
@@ -145,6 +123,6 @@ def make_lora_checkpoint(
             optimizer.step()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(str(out / "adapter"), safe_serialization=True)
-    write_meta(out, step=steps)
+    peft_model.save_pretrained(str(out / ADAPTER_DIR), safe_serialization=True)
+    write_meta(out, CheckpointMeta(mode="lora", base_model=ModelSection(preset="tiny", num_crops=4), step=steps))
     return out

@@ -57,103 +57,51 @@ def demo_config(plan: DemoPlan) -> ExperimentConfig:
     return config_from_dict(apply_overrides(raw, overrides), source=packaged_name(DEMO_EXPERIMENT))
 
 
-def _stage(number: int, total: int, title: str, echo: Callable[[str], None]) -> float:
-    echo(f"\n[{number}/{total}] {title}")
+STAGES = 6
+
+
+def _stage(number: int, title: str, echo: Callable[[str], None]) -> float:
+    """Print a stage header; returns its start time."""
+    echo(f"\n[{number}/{STAGES}] {title}")
     return time.perf_counter()
 
 
 def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage, print the leaderboard and where things are; returns paths and the leaderboard rows."""
     config = demo_config(plan)  # first: a missing or invalid demo.yaml fails before Ray, torch and any output
-    import ray
-    from tqdm import tqdm
-
-    from phi3v_ray.data.split import split_catalog
-    from phi3v_ray.data.synth import synth_catalog
-    from phi3v_ray.train.warmstart import warm_start_tiny_base
-
-    out = plan.out_dir.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    plan.out_dir.resolve().mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    total = 6
     timings: dict[str, float] = {}
 
-    t0 = _stage(1, total, f"sample catalog: {plan.rows} products with generated photos", echo)
-    catalog = Path(config.data.catalog_dir)
-    if not (catalog / "manifest.parquet").is_file():
-        with tqdm(total=plan.rows, desc="drawing products", unit="img") as bar:
-            synth_catalog(catalog, plan.rows, seed=plan.seed, progress=bar.update)
-    else:
-        echo(f"  reusing {catalog}")
-    split_catalog(catalog, by=config.data.split_by, ratios=config.data.ratios)
+    t0 = _stage(1, f"sample catalog: {plan.rows} products with generated photos", echo)
+    _make_catalog(config, plan, echo)
     timings["catalog"] = time.perf_counter() - t0
 
-    t0 = _stage(
-        2, total, "warm-start the tiny base (stands in for a pretrained checkpoint; see README)", echo
-    )
-    base = Path(config.model.path or out / "base")
-    if not (base / "config.json").is_file():
-        with tqdm(total=plan.warm_start_steps, desc="describe-the-object pretraining", unit="step") as bar:
-            stats = warm_start_tiny_base(
-                base,
-                steps=plan.warm_start_steps,
-                examples=plan.warm_start_examples,
-                progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")),
-            )
-        echo(
-            f"  loss {stats['first_loss']:.2f} → {stats['last_loss']:.2f} in {stats['seconds']:.0f}s; saved {base}"
-        )
-    else:
-        echo(f"  reusing {base}")
+    t0 = _stage(2, "warm-start the tiny base (stands in for a pretrained checkpoint; see README)", echo)
+    _make_base(config, plan, echo)
     timings["warm_start"] = time.perf_counter() - t0
 
-    if not ray.is_initialized():
-        env = {
-            k: os.environ[k]
-            for k in ("WANDB_MODE", "DS_ACCELERATOR", "TOKENIZERS_PARALLELISM")
-            if k in os.environ
-        }
-        # Ray's CPU counts are logical slots: on a 2-core laptop, 4 slots let two tiny trials (driver + 2 workers
-        # each at 0.25) run beside the Ray Data reader; the tiny model's workers spend much of a step in collectives.
-        ray.init(
-            num_cpus=max(4, os.cpu_count() or 1),
-            log_to_driver=False,
-            runtime_env={"env_vars": env} if env else None,
-        )
-
-    t0 = _stage(
-        3, total, "preprocess train/val/test once with Ray Data (uint8 HD canvases + token ids)", echo
-    )
-    from phi3v_ray.data.pipeline import write_prepared_split
-
-    for split, prompt_only in (("train", False), ("val", False), ("test", True)):
-        _entry, summary, reused = write_prepared_split(config, split, prompt_only=prompt_only)
-        echo(f"  {split}: {summary}" + (" (reused)" if reused else ""))
+    _start_ray()
+    t0 = _stage(3, "preprocess train/val/test once with Ray Data (uint8 HD canvases + token ids)", echo)
+    _prepare_splits(config, echo)
     timings["prepare"] = time.perf_counter() - t0
 
     t0 = _stage(
         4,
-        total,
         f"sweep: {plan.trials} trials x {config.scaling.num_workers} Ray Train workers (DeepSpeed ZeRO-"
         f"{config.deepspeed.zero_stage}, LoRA), {plan.concurrent_trials} at once, W&B offline",
         echo,
     )
-    from phi3v_ray.train.deepspeed import prebuild_cpu_comm_op
-    from phi3v_ray.tune.sweep import run_sweep
-
-    skipped = prebuild_cpu_comm_op()
-    if skipped:
-        echo(f"  DeepSpeed CPU comm op not prebuilt ({skipped}); workers will load it themselves")
-    outcome = run_sweep(config, echo=echo)  # prints the trial table itself
+    outcome = _sweep(config, echo)
     timings["sweep"] = time.perf_counter() - t0
 
-    t0 = _stage(5, total, "evaluate every checkpoint + base + trivial predictor on held-out products", echo)
-    from phi3v_ray.evaluation.runner import run_evaluation
+    t0 = _stage(5, "evaluate every checkpoint + base + trivial predictor on held-out products", echo)
+    from phi3v_ray.evaluation.from_config import run_evaluation
 
     evaluation = run_evaluation(config, echo=echo)
     timings["evaluate"] = time.perf_counter() - t0
 
-    _stage(6, total, "results", echo)
+    _stage(6, "results", echo)
     timings["total"] = time.perf_counter() - started
     echo(evaluation["markdown"])
     echo(f"\nsweep results: {outcome.results_csv}")
@@ -162,6 +110,73 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict[str, A
     echo(f"W&B offline runs: {config.wandb.dir} (upload later with `wandb sync <dir>/wandb/offline-run-*`)")
     echo("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return {"config": config, "sweep": outcome, "evaluation": evaluation, "timings": timings}
+
+
+def _make_catalog(config: ExperimentConfig, plan: DemoPlan, echo: Callable[[str], None]) -> None:
+    """Stage 1: draw the sample catalog (unless it exists) and split it by product title."""
+    from tqdm import tqdm
+
+    from phi3v_ray.data.split import split_catalog
+    from phi3v_ray.data.synth import synth_catalog
+
+    catalog = Path(config.data.catalog_dir)
+    if not (catalog / "manifest.parquet").is_file():
+        with tqdm(total=plan.rows, desc="drawing products", unit="img") as bar:
+            synth_catalog(catalog, plan.rows, seed=plan.seed, progress=bar.update)
+    else:
+        echo(f"  reusing {catalog}")
+    split_catalog(catalog, by=config.data.split_by, ratios=config.data.ratios)
+
+
+def _make_base(config: ExperimentConfig, plan: DemoPlan, echo: Callable[[str], None]) -> None:
+    """Stage 2: warm-start the tiny base into model.path (unless a saved one is there)."""
+    from tqdm import tqdm
+
+    from phi3v_ray.demo.warmstart import warm_start_tiny_base
+
+    base = Path(config.model.path or plan.out_dir.resolve() / "base")
+    if (base / "config.json").is_file():
+        echo(f"  reusing {base}")
+        return
+    with tqdm(total=plan.warm_start_steps, desc="describe-the-object pretraining", unit="step") as bar:
+        stats = warm_start_tiny_base(
+            base,
+            steps=plan.warm_start_steps,
+            examples=plan.warm_start_examples,
+            progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")),
+        )
+    echo(
+        f"  loss {stats['first_loss']:.2f} → {stats['last_loss']:.2f} in {stats['seconds']:.0f}s; saved {base}"
+    )
+
+
+def _start_ray() -> None:
+    """Start a local Ray sized for the demo, unless this process already has one."""
+    from phi3v_ray.ray_session import connect
+
+    # Ray's CPU counts are logical slots: on a 2-core laptop, 4 slots let two tiny trials (driver + 2 workers
+    # each at 0.25) run beside the Ray Data reader; the tiny model's workers spend much of a step in collectives.
+    connect(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False)
+
+
+def _prepare_splits(config: ExperimentConfig, echo: Callable[[str], None]) -> None:
+    """Stage 3: write the prepared cache for train/val (with answers) and test (prompts only)."""
+    from phi3v_ray.data.datasets import write_prepared_split
+
+    for split, prompt_only in (("train", False), ("val", False), ("test", True)):
+        _entry, summary, reused = write_prepared_split(config, split, prompt_only=prompt_only)
+        echo(f"  {split}: {summary}" + (" (reused)" if reused else ""))
+
+
+def _sweep(config: ExperimentConfig, echo: Callable[[str], None]) -> Any:
+    """Stage 4: the Tune sweep (prints its own trial table); returns the sweep outcome."""
+    from phi3v_ray.train.deepspeed import prebuild_cpu_comm_op
+    from phi3v_ray.tune.sweep import run_sweep
+
+    skipped = prebuild_cpu_comm_op()
+    if skipped:
+        echo(f"  DeepSpeed CPU comm op not prebuilt ({skipped}); workers will load it themselves")
+    return run_sweep(config, echo=echo)
 
 
 def verdict(leaderboard: Any) -> tuple[str, bool]:

@@ -8,41 +8,50 @@ with a reason instead of stopping the whole evaluation.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from phi3v_ray.checkpoint import (
+    ADAPTER_DIR,
+    ADAPTER_FILES,
+    ENGINE_DIR,
+    META_FILE,
+    MODEL_DIR,
+    MODEL_FILES,
+    CheckpointMeta,
+    base_model_key,
+    parse_meta,
+)
+from phi3v_ray.config import ModelSection
 from phi3v_ray.errors import CheckpointError
-
-META_FILE = "meta.json"
-CHECKPOINT_FORMAT = "phi3v-ray-checkpoint/1"
-# Weight files we refuse to open: they unpickle arbitrary code.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+from phi3v_ray.model.loading import PICKLE_SUFFIXES  # weight files never opened: they unpickle arbitrary code
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """A usable checkpoint directory: where it is, how it loads, and the key of its contents."""
+    """A usable checkpoint directory: where it is, its validated meta, and the key of its contents."""
 
     name: str
     path: Path
-    mode: str  # "lora" | "full"
-    base_model: dict[str, Any]
+    meta: CheckpointMeta
     content_key: str
-    meta: dict[str, Any] = field(repr=False, compare=False)
 
     @property
-    def adapter_dir(self) -> Path:
-        """PEFT adapter directory (LoRA checkpoints)."""
-        return self.path / "adapter"
+    def mode(self) -> str:
+        """"lora" or "full"."""
+        return self.meta.mode
 
     @property
-    def model_dir(self) -> Path:
-        """Consolidated model directory (full fine-tunes)."""
-        return self.path / "model"
+    def base_model(self) -> ModelSection:
+        """The base model the checkpoint's weights belong to."""
+        return self.meta.base_model
+
+    @property
+    def weights_dir(self) -> Path:
+        """adapter/ (LoRA) or model/ (full fine-tune): what a predictor loads."""
+        return self.path / self.meta.weights_dir_name
 
 
 @dataclass(frozen=True)
@@ -54,22 +63,6 @@ class BrokenCheckpoint:
     reason: str
 
 
-def base_model_source(base_model: dict[str, Any]) -> str:
-    """What `load_model` takes for a ModelSection dict: its `path` when set, else its preset ("tiny")."""
-    return str(base_model.get("path") or base_model.get("preset") or "tiny")
-
-
-def base_model_key(base_model: dict[str, Any]) -> str:
-    """Identity of a base model: checkpoints with equal keys share one loaded base in a predictor actor."""
-    identity = {
-        "source": base_model_source(base_model),
-        "tokenizer": base_model.get("tokenizer"),
-        "num_crops": base_model.get("num_crops", 16),
-        "dtype": base_model.get("dtype", "float32"),
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _hash_files(files: Iterable[Path], root: Path, digest: hashlib._Hash) -> None:
     for file in sorted(files):
         digest.update(str(file.relative_to(root)).encode() + b"\0")
@@ -79,45 +72,34 @@ def _hash_files(files: Iterable[Path], root: Path, digest: hashlib._Hash) -> Non
         digest.update(b"\0")
 
 
-def content_key(path: Path, mode: str, base_model: dict[str, Any]) -> str:
+def content_key(path: Path, meta: CheckpointMeta) -> str:
     """sha256 over the weight/config files that determine predictions plus the base identity (engine/ excluded)."""
     digest = hashlib.sha256()
-    digest.update(base_model_key(base_model).encode())
-    weights_dir = path / ("adapter" if mode == "lora" else "model")
+    digest.update(base_model_key(meta.base_model).encode())
+    weights_dir = path / meta.weights_dir_name
     _hash_files((p for p in weights_dir.rglob("*") if p.is_file()), path, digest)
     return digest.hexdigest()[:32]
 
 
 def _inspect(path: Path, name: str) -> CheckpointInfo | BrokenCheckpoint:
-    """Validate one checkpoint directory's layout without loading any weights."""
-    meta_path = path / META_FILE
+    """Validate one checkpoint directory's meta and layout without loading any weights."""
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return BrokenCheckpoint(name, path, f"{meta_path}: not valid JSON ({error})")
-    if not isinstance(meta, dict):
-        return BrokenCheckpoint(name, path, f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
-    mode = meta.get("mode", "lora")
-    if mode not in ("lora", "full"):
-        return BrokenCheckpoint(name, path, f"{meta_path}: mode must be 'lora' or 'full' (got {mode!r})")
-    base_model = meta.get("base_model")
-    if not isinstance(base_model, dict):
-        return BrokenCheckpoint(
-            name, path, f"{meta_path}: base_model must be a ModelSection object (got {base_model!r})"
-        )
-    weights_dir = path / ("adapter" if mode == "lora" else "model")
+        meta = parse_meta(path / META_FILE)
+    except CheckpointError as error:
+        return BrokenCheckpoint(name, path, str(error))
+    weights_dir = path / meta.weights_dir_name
     if not weights_dir.is_dir():
-        return BrokenCheckpoint(name, path, f"{weights_dir}: missing (meta.json says mode {mode!r})")
+        return BrokenCheckpoint(name, path, f"{weights_dir}: missing (meta.json says mode {meta.mode!r})")
     pickled = sorted(p.name for p in weights_dir.rglob("*") if p.suffix in PICKLE_SUFFIXES)
     if pickled:
         return BrokenCheckpoint(name, path, f"{weights_dir}: pickle weight files {pickled} are never loaded")
-    required = ["adapter_config.json", "adapter_model.safetensors"] if mode == "lora" else ["config.json"]
+    required = ADAPTER_FILES if meta.mode == "lora" else MODEL_FILES
     missing = [file for file in required if not (weights_dir / file).is_file()]
-    if mode == "full" and not any(weights_dir.glob("*.safetensors")):
+    if meta.mode == "full" and not any(weights_dir.glob("*.safetensors")):
         missing.append("*.safetensors")
     if missing:
         return BrokenCheckpoint(name, path, f"{weights_dir}: missing {', '.join(missing)}")
-    return CheckpointInfo(name, path, mode, base_model, content_key(path, mode, base_model), meta)
+    return CheckpointInfo(name, path, meta, content_key(path, meta))
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
@@ -126,7 +108,7 @@ def _checkpoint_dirs(root: Path) -> list[Path]:
         return [root]
     found = []
     for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if d not in ("engine", "adapter", "model", "wandb"))
+        subdirs[:] = sorted(d for d in subdirs if d not in (ENGINE_DIR, ADAPTER_DIR, MODEL_DIR, "wandb"))
         if META_FILE in files:
             found.append(Path(directory))
             subdirs[:] = []  # a checkpoint's own subfolders are not further checkpoints
@@ -165,3 +147,15 @@ def discover_checkpoints(
             f"checkpoints with the same name {sorted(duplicates)}: pass their parent directory instead"
         )
     return good, broken
+
+
+def single_checkpoint(directory: str | os.PathLike[str]) -> CheckpointInfo:
+    """The one usable checkpoint at `directory`; CheckpointError says why it is broken or that there are several."""
+    good, broken = discover_checkpoints([directory])
+    if broken:
+        raise CheckpointError(f"{broken[0].path}: {broken[0].reason}")
+    if len(good) > 1:
+        raise CheckpointError(
+            f"{directory}: holds {len(good)} checkpoints (e.g. {good[0].path}); pass one checkpoint directory"
+        )
+    return good[0]

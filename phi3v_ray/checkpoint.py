@@ -1,0 +1,179 @@
+"""The checkpoint directory contract, in one place: what training writes and evaluation (and export) read.
+
+A checkpoint is a directory holding
+  adapter/           PEFT adapter (LoRA mode) or model/ (full fine-tune: consolidated safetensors + config.json),
+  engine/            DeepSpeed resume state (written and read only by phi3v_ray.train.saving),
+  probe.safetensors  one validation example's inputs and its last logits at save time, and
+  meta.json          a `CheckpointMeta`: format tag, mode, the base model's ModelSection, the experiment, progress.
+
+Readers get a typed `CheckpointMeta`, so nobody guesses a missing field's default: the base model's dtype, attention
+or tokenizer is whatever its validated ModelSection says. Errors name the file and the key that is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from phi3v_ray.config import ModelSection
+from phi3v_ray.errors import CheckpointError
+
+FORMAT = "phi3v-ray-checkpoint/1"
+ADAPTER_DIR, MODEL_DIR, ENGINE_DIR = "adapter", "model", "engine"
+META_FILE = "meta.json"
+PROBE_FILE = "probe.safetensors"
+# Files a weights directory must hold to be loadable (besides, for a full model, at least one *.safetensors).
+ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"  # peft's names
+ADAPTER_FILES = (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE)
+MODEL_FILES = ("config.json",)
+Mode = Literal["lora", "full"]
+
+
+class CheckpointMeta(BaseModel):
+    """meta.json of a checkpoint. Unknown keys are errors: a new field means a new FORMAT tag."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["phi3v-ray-checkpoint/1"] = FORMAT
+    mode: Mode
+    base_model: ModelSection = Field(description="the base the weights were trained on (full: what it started from)")
+    experiment: dict[str, Any] = Field(default_factory=dict, description="ExperimentConfig.to_plain() of the run")
+    step: int = Field(ge=0)
+    epoch: int = Field(0, ge=0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    trial: str | None = None
+    base_fingerprint: str | None = Field(
+        None, description="sha256 of sampled base tensors (LoRA): proves the adapter meets the base it trained on"
+    )
+
+    @property
+    def weights_dir_name(self) -> str:
+        """adapter/ for LoRA, model/ for a full fine-tune."""
+        return weights_dir_name(self.mode)
+
+
+def weights_dir_name(mode: str) -> str:
+    """The directory holding the weights that determine predictions for a checkpoint of this mode."""
+    return ADAPTER_DIR if mode == "lora" else MODEL_DIR
+
+
+def _validation_message(error: ValidationError, path: Path) -> str:
+    """One line per problem, naming the file and the dotted key (meta.json is written by us: no spelling hints)."""
+    fixed = {"extra_forbidden": f"unknown key (not part of {FORMAT})", "missing": "missing"}
+    return "\n".join(
+        f"{path}: {'.'.join(str(part) for part in item['loc'])}: "
+        + fixed.get(item["type"], f"{item['msg']} (got {item.get('input')!r})")
+        for item in error.errors()
+    )
+
+
+def parse_meta(path: str | Path) -> CheckpointMeta:
+    """A meta.json file read and validated; CheckpointError says which file and which key is wrong."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}")
+    try:
+        return CheckpointMeta.model_validate(raw)
+    except ValidationError as error:
+        raise CheckpointError(_validation_message(error, path)) from None
+
+
+def read_meta(directory: str | Path) -> CheckpointMeta:
+    """The meta of the checkpoint in `directory`."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {META_FILE} (not a phi3v-ray checkpoint)")
+    return parse_meta(path)
+
+
+def write_meta(directory: str | Path, meta: CheckpointMeta) -> Path:
+    """Write meta.json into `directory` (rank 0 only in a training run)."""
+    path = Path(directory) / META_FILE
+    path.write_text(json.dumps(meta.model_dump(mode="json"), indent=2))
+    return path
+
+
+# ---- the base model a checkpoint needs ---------------------------------------------------------------------------
+
+
+def model_source(base: ModelSection) -> str:
+    """What `load_model` takes for a ModelSection: its `path` when set, else its preset."""
+    source = base.path or base.preset
+    if not source:
+        raise CheckpointError("base_model: neither path nor preset is set, so there is no base model to load")
+    return source
+
+
+def base_model_key(base: ModelSection) -> str:
+    """Identity of a base model: checkpoints with equal keys share one loaded base in a predictor actor."""
+    identity = {
+        "source": model_source(base),
+        "tokenizer": base.tokenizer,
+        "num_crops": base.num_crops,
+        "dtype": base.dtype,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_base_model(base: ModelSection, *, dtype: str | None = None) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) as the ModelSection describes them, the way training built them."""
+    from phi3v_ray.model.loading import load_model
+
+    return load_model(
+        model_source(base), dtype=dtype or base.dtype, attention=base.attention, tokenizer=base.tokenizer
+    )
+
+
+def load_trained_model(directory: str | Path, *, dtype: str | None = None) -> torch.nn.Module:
+    """Base model + adapter (or the consolidated model) from a checkpoint; dtype defaults to the base model's."""
+    meta = read_meta(directory)
+    directory = Path(directory)
+    base = meta.base_model
+    if meta.mode == "full":
+        from phi3v_ray.model.loading import load_model
+
+        model, _ = load_model(
+            str(directory / MODEL_DIR),
+            dtype=dtype or base.dtype,
+            attention=base.attention,
+            tokenizer=base.tokenizer,
+        )
+        return model
+    model, _ = load_base_model(base, dtype=dtype)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR))
+
+
+def probe_matches(model: torch.nn.Module, directory: str | Path, *, atol: float = 1e-5) -> float:
+    """Max |logit difference| between `model` now and the training engine at save time on the stored probe.
+
+    Raises CheckpointError when it exceeds `atol` (wrong base, adapter not applied, dtype drift).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(directory) / PROBE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {PROBE_FILE} to verify against")
+    probe = load_file(str(path))
+    expected = probe.pop("logits")
+    model.eval()
+    with torch.no_grad():
+        logits = model(**probe).logits[:, -expected.shape[1] :].float()
+    difference = float((logits - expected).abs().max())
+    if difference > atol:
+        raise CheckpointError(
+            f"{directory}: reloaded logits differ from save time by {difference:.3g} (> {atol})"
+        )
+    return difference
