@@ -124,7 +124,7 @@ def plain_rate(config, rows: list[dict], steps: int, warmup: int, threads: int) 
     torch.manual_seed(0)
     model, tokenizer = load_model("tiny")
     processor = Phi3VProcessor.from_config(model.config, tokenizer)
-    model = apply_training_mode(model, config.lora)
+    model = apply_training_mode(model, config.finetune)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.optim.lr)
     batch_size = config.optim.micro_batch * config.scaling.num_workers
@@ -196,7 +196,7 @@ def main() -> None:
     best_threads = max(by_threads, key=lambda threads: by_threads[threads][0])
     plain_samples, plain_tokens = by_threads[best_threads]
     print(
-        f"\ntiny preset, LoRA r={config.lora.rank}, global batch {args.micro_batch * args.workers}, "
+        f"\ntiny preset, LoRA r={config.finetune.rank}, global batch {args.micro_batch * args.workers}, "
         f"{args.cores} CPU cores, {args.steps} steps ({args.warmup} warm-up)"
     )
     print(f"{'':<52}{'samples/s':>11}{'tokens/s':>11}{'ratio':>8}")
@@ -217,7 +217,7 @@ def main() -> None:
     settings = {
         "LoRA r=16, ZeRO-2, 4 GPUs": {"deepspeed": {"zero_stage": 2}},
         "LoRA r=16, ZeRO-3, 4 GPUs": {"deepspeed": {"zero_stage": 3}},
-        "full fine-tune, ZeRO-3, 8 GPUs": {"lora": {"mode": "full"}, "deepspeed": {"zero_stage": 3}},
+        "full fine-tune, ZeRO-3, 8 GPUs": {"finetune": {"mode": "full"}, "deepspeed": {"zero_stage": 3}},
         "full fine-tune, ZeRO-3 + CPU optimizer offload, 8 GPUs": {
             "lora": {"mode": "full"},
             "deepspeed": {"zero_stage": 3, "offload_optimizer": True},

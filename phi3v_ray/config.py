@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from phi3v_ray.config_renames import rename_old_sections, renamed_dotted_key
 from phi3v_ray.errors import ConfigError
 
 LANGUAGE_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
@@ -46,8 +47,12 @@ class ModelSection(Section):
     gradient_checkpointing: bool = False
 
 
-class LoraSection(Section):
-    """Parameter-efficient fine-tuning (or full fine-tuning when mode = full)."""
+class FinetuneSection(Section):
+    """What training changes: LoRA adapters (mode = lora, the default) or every weight (mode = full).
+
+    Named `finetune` because it chooses between LoRA and full fine-tuning; the old name `lora` is still read, with a
+    deprecation message (phi3v_ray.config_renames).
+    """
 
     mode: Literal["lora", "full"] = "lora"
     rank: int = Field(16, ge=1, le=1024)
@@ -236,7 +241,7 @@ class ExperimentConfig(Section):
     """One experiment: everything the CLI needs to prepare data, train, sweep and evaluate."""
 
     model: ModelSection = Field(default_factory=ModelSection)
-    lora: LoraSection = Field(default_factory=LoraSection)
+    finetune: FinetuneSection = Field(default_factory=FinetuneSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     scaling: ScalingSection = Field(default_factory=ScalingSection)
@@ -291,7 +296,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw_value = text.split("=", 1)
     if not key.strip():
         raise ConfigError(f"--set {text!r}: empty key")
-    return key.strip().split("."), yaml.safe_load(raw_value)
+    return renamed_dotted_key(key.strip(), f"--set {text!r}").split("."), yaml.safe_load(raw_value)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -313,10 +318,10 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Experimen
     """Validate a plain dict into an ExperimentConfig, turning pydantic errors into one ConfigError."""
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"{source}: expected a mapping of sections (model, lora, optim, ...), got {type(raw).__name__}"
+            f"{source}: expected a mapping of sections (model, finetune, optim, ...), got {type(raw).__name__}"
         )
     try:
-        return ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(rename_old_sections(raw, source))
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error, source)) from None
 
@@ -330,6 +335,8 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
         raw = yaml.safe_load(file_path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{file_path}: not valid YAML: {error}") from None
+    if isinstance(raw, dict):
+        raw = rename_old_sections(raw, str(file_path))  # before `--set`, which already uses the new names
     return config_from_dict(apply_overrides(raw, overrides or []), source=str(file_path))
 
 

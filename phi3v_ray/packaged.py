@@ -71,5 +71,5 @@ def load_packaged_experiment(name: str) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise ConfigError(f"{where}: not valid YAML: {error}") from None
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{where}: expected a mapping of sections (model, lora, ...), got {raw!r:.80}")
+        raise ConfigError(f"{where}: expected a mapping of sections (model, finetune, ...), got {raw!r:.80}")
     return raw

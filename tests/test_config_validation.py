@@ -31,7 +31,7 @@ def test_unknown_key_is_named_with_its_section():
 
 
 def test_lora_rank_zero_is_rejected():
-    assert _error_line({"lora": {"rank": 0}}).startswith("exp.yaml: lora.rank:")
+    assert _error_line({"finetune": {"rank": 0}}).startswith("exp.yaml: finetune.rank:")
 
 
 def test_negative_learning_rate_is_rejected():
@@ -106,3 +106,21 @@ def test_cli_rejects_too_many_workers_in_one_line_without_starting_ray():
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: scaling.num_workers: 512 workers"), done.stderr
     assert "Ray" not in done.stdout + done.stderr
+
+
+def test_old_lora_section_name_is_read_as_finetune_with_a_deprecation_message(tmp_path):
+    experiment = tmp_path / "old.yaml"
+    experiment.write_text(
+        "lora: {mode: full, rank: 4}\n"
+        "tune:\n  search_space: {lora.rank: {choice: [4, 8]}, lora.alpha: {ratio_of: lora.rank, value: 2}}\n"
+    )
+    with pytest.warns(FutureWarning, match="'lora' is now called 'finetune'"):
+        config = load_experiment(experiment, ["lora.dropout=0.1"])
+    assert (config.finetune.mode, config.finetune.rank, config.finetune.dropout) == ("full", 4, 0.1)
+    assert set(config.tune.search_space) == {"finetune.rank", "finetune.alpha"}
+    assert config.tune.search_space["finetune.alpha"]["ratio_of"] == "finetune.rank"
+
+
+def test_old_and_new_section_names_together_are_refused():
+    line = _error_line({"lora": {"rank": 4}, "finetune": {"rank": 8}})
+    assert "both 'lora' and 'finetune'" in line

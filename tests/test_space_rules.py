@@ -30,7 +30,7 @@ def test_loguniform_draws_are_spread_evenly_over_orders_of_magnitude() -> None:
 
 
 def test_uniform_draws_are_spread_evenly_over_the_range() -> None:
-    dim = _dimension(_space({"lora.dropout": {"uniform": [0.0, 0.2]}}), "lora.dropout")
+    dim = _dimension(_space({"finetune.dropout": {"uniform": [0.0, 0.2]}}), "finetune.dropout")
     rng = random.Random(0)
     draws = [dim.draw(rng) for _ in range(2000)]
     assert all(0.0 <= value < 0.2 for value in draws)
@@ -38,32 +38,32 @@ def test_uniform_draws_are_spread_evenly_over_the_range() -> None:
 
 
 def test_tune_receives_a_log_uniform_domain_for_loguniform_keys() -> None:
-    space = _space({"optim.lr": {"loguniform": [1e-6, 1e-2]}, "lora.dropout": {"uniform": [0.0, 0.2]}})
+    space = _space({"optim.lr": {"loguniform": [1e-6, 1e-2]}, "finetune.dropout": {"uniform": [0.0, 0.2]}})
     params = space.param_space()
     log_draws = params["optim.lr"].sample(size=2000, random_state=0)
     assert 0.4 < sum(value < 1e-4 for value in log_draws) / 2000 < 0.6
-    lin_draws = params["lora.dropout"].sample(size=2000, random_state=0)
+    lin_draws = params["finetune.dropout"].sample(size=2000, random_state=0)
     assert 0.4 < sum(value < 0.1 for value in lin_draws) / 2000 < 0.6
     assert (params["optim.lr"].lower, params["optim.lr"].upper) == (1e-6, 1e-2)
 
 
 def test_randint_and_choice_draw_only_allowed_values() -> None:
-    space = _space({"lora.rank": {"randint": [4, 7]}})
-    rank = _dimension(space, "lora.rank")
+    space = _space({"finetune.rank": {"randint": [4, 7]}})
+    rank = _dimension(space, "finetune.rank")
     rng = random.Random(0)
     assert {rank.draw(rng) for _ in range(200)} == {4, 5, 6}
     assert rank.extremes() == [4, 6]
     params = space.param_space()
-    assert set(params["lora.rank"].sample(size=200, random_state=0)) == {4, 5, 6}
+    assert set(params["finetune.rank"].sample(size=200, random_state=0)) == {4, 5, 6}
 
 
 def test_grid_axes_multiply_into_the_grid_size() -> None:
-    space = _space({"lora.rank": {"grid": [8, 16, 32]}, "optim.lr": {"grid": [1e-4, 2e-4]}})
+    space = _space({"finetune.rank": {"grid": [8, 16, 32]}, "optim.lr": {"grid": [1e-4, 2e-4]}})
     assert space.grid_size() == 6
-    assert space.param_space()["lora.rank"] == {"grid_search": [8, 16, 32]}
-    choice_grid = _space({"lora.rank": {"choice": [8, 16]}}, search_alg="grid")
+    assert space.param_space()["finetune.rank"] == {"grid_search": [8, 16, 32]}
+    choice_grid = _space({"finetune.rank": {"choice": [8, 16]}}, search_alg="grid")
     assert choice_grid.grid_size() == 2
-    random_choice = _space({"lora.rank": {"choice": [8, 16]}})
+    random_choice = _space({"finetune.rank": {"choice": [8, 16]}})
     assert random_choice.grid_size() == 1
 
 
@@ -88,10 +88,10 @@ def test_a_range_starting_just_above_zero_is_a_valid_loguniform() -> None:
 
 
 def test_derived_keys_scale_the_sampled_value() -> None:
-    space = _space({"lora.rank": {"choice": [8]}, "lora.alpha": {"ratio_of": "lora.rank", "value": 2.5}})
-    assert space.full_sample({"lora.rank": 8}) == {"lora.rank": 8, "lora.alpha": 20.0}
-    assert _dimension(space, "lora.alpha").describe() == "2.5 × lora.rank"
-    assert math.isclose(space.resolve(space_base(), {"lora.rank": 8}).lora.alpha, 20.0)
+    space = _space({"finetune.rank": {"choice": [8]}, "finetune.alpha": {"ratio_of": "finetune.rank", "value": 2.5}})
+    assert space.full_sample({"finetune.rank": 8}) == {"finetune.rank": 8, "finetune.alpha": 20.0}
+    assert _dimension(space, "finetune.alpha").describe() == "2.5 × finetune.rank"
+    assert math.isclose(space.resolve(space_base(), {"finetune.rank": 8}).finetune.alpha, 20.0)
 
 
 def space_base():
@@ -112,11 +112,11 @@ def space_base():
 )
 def test_malformed_distributions_are_refused_naming_the_rule(spec, problem) -> None:
     with pytest.raises(ConfigError, match=problem):
-        _space({"lora.dropout": spec})
+        _space({"finetune.dropout": spec})
 
 
 def test_a_ratio_below_one_is_a_valid_derived_key() -> None:
-    space = _space({"lora.rank": {"choice": [8]}, "lora.alpha": {"ratio_of": "lora.rank", "value": 0.5}})
-    assert space.full_sample({"lora.rank": 8})["lora.alpha"] == 4.0
+    space = _space({"finetune.rank": {"choice": [8]}, "finetune.alpha": {"ratio_of": "finetune.rank", "value": 0.5}})
+    assert space.full_sample({"finetune.rank": 8})["finetune.alpha"] == 4.0
     with pytest.raises(ConfigError, match="positive number"):
-        _space({"lora.rank": {"choice": [8]}, "lora.alpha": {"ratio_of": "lora.rank", "value": 0}})
+        _space({"finetune.rank": {"choice": [8]}, "finetune.alpha": {"ratio_of": "finetune.rank", "value": 0}})

@@ -70,7 +70,7 @@ def test_a_killed_workers_run_is_sealed_with_its_history_config_group_and_end(tm
     run = read_run(tmp_path, "trial-1", timeout_s=5)
     assert run.complete and run.exit_code == 0
     assert run.group == "sweep-g"
-    assert run.config["optim"] == {"lr": 0.25} and run.config["lora"] == {"rank": 8}
+    assert run.config["optim"] == {"lr": 0.25} and run.config["finetune"] == {"rank": 8}
     assert [row["train/loss"] for row in run.history] == pytest.approx([1.0, 0.5, 1 / 3])
     assert run.summary["trial/end_state"] == "stopped early"
 

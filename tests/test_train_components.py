@@ -87,12 +87,12 @@ def test_parameter_counts_match_the_built_tiny_model(vision):
     from phi3v_ray.model.loading import load_model
     from phi3v_ray.train.lora import apply_training_mode
 
-    config = config_from_dict({"lora": {"rank": 4, "vision": vision}})
+    config = config_from_dict({"finetune": {"rank": 4, "vision": vision}})
     model, _ = load_model("tiny")
     base_total = sum(p.numel() for p in model.parameters())
     counts = count_parameters(ModelDims.for_preset("tiny"), config)
     assert counts.total == base_total
-    peft_model = apply_training_mode(model, config.lora)
+    peft_model = apply_training_mode(model, config.finetune)
     assert counts.trainable == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 
@@ -129,7 +129,7 @@ def test_zero3_shards_weights_and_zero2_does_not():
 
 def test_gradient_checkpointing_cuts_activations_and_full_finetune_costs_optimizer_state():
     dims = ModelDims.for_preset("official")
-    lora, full = _official(), _official(lora={"mode": "full"}, deepspeed={"zero_stage": 3})
+    lora, full = _official(), _official(finetune={"mode": "full"}, deepspeed={"zero_stage": 3})
     plain = estimate_memory(dims, lora, world_size=4, seq_len=2600, checkpointing=False)
     ckpt = estimate_memory(dims, lora, world_size=4, seq_len=2600, checkpointing=True)
     assert ckpt.activations < plain.activations / 4

@@ -166,7 +166,7 @@ def test_full_finetune_zero3_saves_a_consolidated_16bit_safetensors_model(ray_lo
 
     config = demo_config(
         tmp_path,
-        "lora.mode=full",
+        "finetune.mode=full",
         "deepspeed.zero_stage=3",
         "run.max_steps=1",
         "run.val_generate_samples=0",

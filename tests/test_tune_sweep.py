@@ -68,8 +68,8 @@ def asha_sweep(
 ) -> tuple[ExperimentConfig, SweepOutcome]:
     storage = tmp_path_factory.mktemp("tune-runs")
     space = (
-        "{lora.rank: {choice: [4, 8, 16]}, optim.lr: {grid: [5.0e-3, 3.0e-3, 1.0e-3, 1.0e-7]},"
-        " lora.alpha: {ratio_of: lora.rank, value: 2}}"
+        "{finetune.rank: {choice: [4, 8, 16]}, optim.lr: {grid: [5.0e-3, 3.0e-3, 1.0e-3, 1.0e-7]},"
+        " finetune.alpha: {ratio_of: finetune.rank, value: 2}}"
     )
     config = load_experiment(
         REPO / "experiments" / "demo.yaml",
@@ -111,10 +111,10 @@ def test_four_trial_sweep_logs_four_wandb_runs_in_one_group_with_distinct_rank_l
     runs = _complete_runs(sweep_directory(config) / "wandb", trial_ids | {outcome.summary_run_id})
     trial_runs = [runs[trial_id] for trial_id in trial_ids]
     assert {run.group for run in trial_runs} == {"asha"}
-    pairs = {(run.config["lora"]["rank"], run.config["optim"]["lr"]) for run in trial_runs}
+    pairs = {(run.config["finetune"]["rank"], run.config["optim"]["lr"]) for run in trial_runs}
     assert len(pairs) == 4
     for run in trial_runs:  # the derived key is in each run's config too
-        assert run.config["lora"]["alpha"] == 2 * run.config["lora"]["rank"]
+        assert run.config["finetune"]["alpha"] == 2 * run.config["finetune"]["rank"]
     summary = runs[outcome.summary_run_id]
     assert (summary.group, summary.job_type) == ("asha", "sweep-summary")
 
@@ -141,17 +141,17 @@ def test_results_csv_lists_every_trial_with_a_best_checkpoint_that_loads(asha_sw
     config, outcome = asha_sweep
     table = read_results_csv(outcome.results_csv)
     assert len(table) == 4
-    assert list(table.columns[:4]) == ["trial_id", "lora.rank", "optim.lr", "lora.alpha"]
+    assert list(table.columns[:4]) == ["trial_id", "finetune.rank", "optim.lr", "finetune.alpha"]
     assert table["best_val_loss"].notna().all()
     for row in table.to_dict("records"):
         checkpoint = Path(row["best_checkpoint"])
         assert checkpoint.is_dir() and checkpoint.is_relative_to(sweep_directory(config))
         meta = read_meta(checkpoint)
-        assert meta.experiment["lora"]["rank"] == row["lora.rank"]
+        assert meta.experiment["finetune"]["rank"] == row["finetune.rank"]
         assert meta.experiment["optim"]["lr"] == pytest.approx(row["optim.lr"])
         model = load_trained_model(checkpoint)
         ranks = {p.shape[0] for n, p in model.named_parameters() if "lora_A" in n}
-        assert ranks == {meta.experiment["lora"]["rank"]}
+        assert ranks == {meta.experiment["finetune"]["rank"]}
     assert "best_val_loss" in outcome.table and str(outcome.results_csv).endswith("sweep_results.csv")
 
 
@@ -197,7 +197,7 @@ def test_failed_and_killed_trials_leave_complete_wandb_runs(ray_local, catalog: 
         [
             *_overrides(catalog, tmp_path / "runs", "ends"),
             "run.max_steps=40",  # the killed trial is still training when its checkpoint at step 2 appears
-            "tune.search_space={lora.rank: {grid: [4, 8]}}",  # rank 4 raises at once (planted below), 8 never
+            "tune.search_space={finetune.rank: {grid: [4, 8]}}",  # rank 4 raises at once (planted below), 8 never
             "tune.num_samples=1",
             "tune.scheduler=fifo",
             "tune.max_concurrent_trials=1",
@@ -211,21 +211,21 @@ def test_failed_and_killed_trials_leave_complete_wandb_runs(ray_local, catalog: 
     )
     killer.start()
     try:
-        outcome = run_sweep(config, planted_failure=PlantedFailure(step=1, when={"lora.rank": 4}))
+        outcome = run_sweep(config, planted_failure=PlantedFailure(step=1, when={"finetune.rank": 4}))
     finally:
         stop.set()
         killer.join(timeout=30)
     assert killed and all(isinstance(pid, int) for pid in killed), (killed, outcome.table)
     assert [row.status for row in outcome.rows] == [FAILED, FAILED], outcome.table
     runs = _complete_runs(sweep_dir / "wandb", {row.trial_id for row in outcome.rows})
-    by_rank = {row.hyperparameters["lora.rank"]: runs[row.trial_id] for row in outcome.rows}
+    by_rank = {row.hyperparameters["finetune.rank"]: runs[row.trial_id] for row in outcome.rows}
     raised, killed_run = by_rank[4], by_rank[8]
     for run in (raised, killed_run):
         assert run.exit_code == 1 and run.group == "ends"
         assert run.config["optim"]["lr"] == config.optim.lr
     assert _steps(raised, "train/loss") == [1]  # the step it raised at was logged before the exception
-    assert raised.config["lora"]["rank"] == 4
-    killed_id = next(row.trial_id for row in outcome.rows if row.hyperparameters["lora.rank"] == 8)
+    assert raised.config["finetune"]["rank"] == 4
+    killed_id = next(row.trial_id for row in outcome.rows if row.hyperparameters["finetune.rank"] == 8)
     # Every checkpoint is a report to Ray; the history reaches at least the last one (the kill came after it).
     saved_steps = [int(path.name.split("_")[-1]) for path in (sweep_dir / killed_id).glob("checkpoint_*")]
     assert max(_steps(killed_run, "train/loss")) >= max(saved_steps) >= 2
@@ -252,7 +252,7 @@ def _started_trials(sweep_dir: Path) -> int:
 def test_interrupted_sweep_resumes_only_the_missing_trials(ray_local, catalog: Path, tmp_path: Path) -> None:
     overrides = [
         *_overrides(catalog, tmp_path / "runs", "resume"),
-        "tune.search_space={lora.rank: {choice: [4, 8]}, optim.lr: {grid: [5.0e-3, 1.0e-3]}}",
+        "tune.search_space={finetune.rank: {choice: [4, 8]}, optim.lr: {grid: [5.0e-3, 1.0e-3]}}",
         "tune.num_samples=1",
         "tune.scheduler=fifo",
         "tune.max_concurrent_trials=1",

@@ -12,9 +12,9 @@ Searches the keys listed under `tune.search_space` in the experiment file, e.g.
 
   tune:
     search_space:
-      lora.rank:  {choice: [8, 16, 32, 64]}
+      finetune.rank:  {choice: [8, 16, 32, 64]}
       optim.lr:   {loguniform: [1.0e-5, 5.0e-4]}
-      lora.alpha: {ratio_of: lora.rank, value: 2}     # alpha = 2 x the trial's rank
+      finetune.alpha: {ratio_of: finetune.rank, value: 2}     # alpha = 2 x the trial's rank
     search_alg: optuna      # random | grid | optuna
     num_samples: 16
     scheduler: asha         # asha (early stopping on val_loss) | fifo

@@ -31,7 +31,7 @@ def plot_metric_per_checkpoint(leaderboard: pd.DataFrame, metric: str, path: Pat
     plt = _pyplot()
     names = leaderboard["checkpoint"].astype(str).tolist()[::-1]
     values = pd.to_numeric(leaderboard[metric], errors="coerce").fillna(0).to_numpy()[::-1]
-    kinds = leaderboard["kind"].astype(str).tolist()[::-1] if "kind" in leaderboard else ["lora"] * len(names)
+    kinds = leaderboard["kind"].astype(str).tolist()[::-1] if "kind" in leaderboard else ["finetune"] * len(names)
     figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
     axes.barh(names, values, color=[KIND_COLOURS.get(kind, "#4C72B0") for kind in kinds])
     trivial = [value for value, kind in zip(values, kinds, strict=True) if kind == "trivial"]

@@ -22,7 +22,7 @@ class PlantedFailureError(RuntimeError):
 class PlantedFailure:
     """Raise on rank 0 after optimizer step `step`, in an attempt that did not start from a checkpoint.
 
-    `when` narrows it to runs whose config holds these values (dotted keys, e.g. `{"lora.rank": 4}`), so a sweep
+    `when` narrows it to runs whose config holds these values (dotted keys, e.g. `{"finetune.rank": 4}`), so a sweep
     can fail one trial and not the others.
     """
 

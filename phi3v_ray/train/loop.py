@@ -58,7 +58,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # 1. Model, processor, and what trains.
     model, processor = _build_model(config)
-    model = apply_training_mode(model, config.lora)
+    model = apply_training_mode(model, config.finetune)
     model.to(device)
 
     # 2. DeepSpeed engine (optimizer + schedule owned by DeepSpeed so ZeRO can shard and offload them).
@@ -78,7 +78,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if latest is not None:
         with latest.as_directory() as directory:
             state.step, state.epoch, state.epoch_step = saving.restore_engine(
-                engine, directory, lora=config.lora.mode == "lora"
+                engine, directory, lora=config.finetune.mode == "lora"
             )
         state.resumed = True
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from phi3v_ray.config import VISION_LORA_TARGETS, LoraSection
+from phi3v_ray.config import VISION_LORA_TARGETS, FinetuneSection
 from phi3v_ray.model.module_names import PROJECTOR_LAYERS, VISION_TOWER
 
 
@@ -21,26 +21,26 @@ def _module_regex(language_targets: list[str], vision_targets: list[str]) -> str
     return "^(" + "|".join(parts) + ")$"
 
 
-def apply_training_mode(model: torch.nn.Module, lora: LoraSection) -> torch.nn.Module:
+def apply_training_mode(model: torch.nn.Module, finetune: FinetuneSection) -> torch.nn.Module:
     """Return the model to train: a PeftModel in LoRA mode (base frozen), or the model itself for full fine-tuning."""
-    if lora.mode == "full":
+    if finetune.mode == "full":
         for param in model.parameters():
             param.requires_grad_(True)
         return model
 
     from peft import LoraConfig, get_peft_model
 
-    vision_targets = list(VISION_LORA_TARGETS) if lora.vision == "lora" else []
+    vision_targets = list(VISION_LORA_TARGETS) if finetune.vision == "lora" else []
     modules_to_save = []
-    if lora.projector_trainable:
+    if finetune.projector_trainable:
         modules_to_save.extend(PROJECTOR_LAYERS)
-    if lora.vision == "full":
+    if finetune.vision == "full":
         modules_to_save.append(VISION_TOWER)
     peft_config = LoraConfig(
-        r=lora.rank,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=_module_regex(lora.target_modules, vision_targets),
+        r=finetune.rank,
+        lora_alpha=finetune.alpha,
+        lora_dropout=finetune.dropout,
+        target_modules=_module_regex(finetune.target_modules, vision_targets),
         modules_to_save=modules_to_save or None,
         bias="none",
     )

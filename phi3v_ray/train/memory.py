@@ -127,21 +127,21 @@ def count_parameters(dims: ModelDims, config: ExperimentConfig) -> ParameterCoun
     projector = merged * d.hidden_size + d.hidden_size + d.hidden_size * d.hidden_size + d.hidden_size
     projector += 2 * merged  # sub_GN and glb_GN separators
 
-    lora = config.lora
-    if lora.mode == "full":
+    finetune = config.finetune
+    if finetune.mode == "full":
         trainable = text + vision + projector
     else:
         trainable = 0
         for name, (fan_in, fan_out) in _text_layer_linears(d).items():
-            if name in lora.target_modules:
-                trainable += d.num_layers * lora.rank * (fan_in + fan_out)
-        if lora.vision == "lora":
+            if name in finetune.target_modules:
+                trainable += d.num_layers * finetune.rank * (fan_in + fan_out)
+        if finetune.vision == "lora":
             trainable += d.vision_layers * sum(
-                lora.rank * (a + b) for a, b in _vision_layer_linears(d).values()
+                finetune.rank * (a + b) for a, b in _vision_layer_linears(d).values()
             )
-        elif lora.vision == "full":
+        elif finetune.vision == "full":
             trainable += vision
-        if lora.projector_trainable:
+        if finetune.projector_trainable:
             trainable += projector - 2 * merged  # the img_projection MLP; the separators stay frozen
     return ParameterCounts(text=text, vision=vision, projector=projector, trainable=trainable)
 
@@ -190,7 +190,7 @@ def activation_bytes(dims: ModelDims, config: ExperimentConfig, *, seq_len: int,
     h, i = d.hidden_size, d.intermediate_size
     # Per token per decoder layer: norms, q/k/v, attention output (8h) and the gated MLP (gate, up, act, product: 4i);
     # LoRA dropout keeps its own copy of each adapted input.
-    per_token_layer = 8 * h + 4 * i + (3 * h + i if config.lora.mode == "lora" else 0)
+    per_token_layer = 8 * h + 4 * i + (3 * h + i if config.finetune.mode == "lora" else 0)
     elem = 2 if config.model.dtype in ("bfloat16", "float16") else 4
     tokens = batch * seq_len
     if checkpointing:
@@ -202,7 +202,7 @@ def activation_bytes(dims: ModelDims, config: ExperimentConfig, *, seq_len: int,
     logits = tokens * d.vocab_size * (elem + 4 + 4)  # logits, fp32 upcast for the loss, its gradient
 
     vision = 0
-    if config.lora.mode == "full" or config.lora.vision != "frozen":
+    if config.finetune.mode == "full" or config.finetune.vision != "frozen":
         patches = (d.vision_image_size // d.vision_patch_size) ** 2 + 1
         vision_tokens = batch * (config.model.num_crops + 1) * patches
         vh, vi = d.vision_hidden, d.vision_intermediate
@@ -258,7 +258,7 @@ def memory_table(dims: ModelDims, config: ExperimentConfig, *, world_size: int, 
     }
     lines = [
         f"parameters: total {counts.total / 1e9:.3f}B (text {counts.text / 1e9:.3f}B, vision {counts.vision / 1e6:.1f}M, "
-        f"projector {counts.projector / 1e6:.1f}M); trainable {counts.trainable / 1e6:.2f}M ({config.lora.mode})",
+        f"projector {counts.projector / 1e6:.1f}M); trainable {counts.trainable / 1e6:.2f}M ({config.finetune.mode})",
         f"per-GPU estimate (GiB): ZeRO-{config.deepspeed.zero_stage}, {world_size} workers, micro-batch "
         f"{config.optim.micro_batch}, {seq_len} tokens/sample, {config.model.dtype}",
         f"  {'':<22}{'no grad-ckpt':>14}{'grad-ckpt':>12}",

@@ -107,7 +107,7 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stage = config.deepspeed.zero_stage
-    if config.lora.mode == "lora":
+    if config.finetune.mode == "lora":
         _save_adapter(engine, directory, rank=rank, zero_stage=stage)
     else:
         _save_full_model(engine, directory, rank=rank, zero_stage=stage)
@@ -116,16 +116,16 @@ def save_checkpoint(
         str(directory / ENGINE_DIR),
         tag=ENGINE_TAG,
         client_state=dict(state),
-        exclude_frozen_parameters=config.lora.mode == "lora",
+        exclude_frozen_parameters=config.finetune.mode == "lora",
     )
-    fingerprint = _engine_base_fingerprint(engine, zero_stage=stage) if config.lora.mode == "lora" else None
+    fingerprint = _engine_base_fingerprint(engine, zero_stage=stage) if config.finetune.mode == "lora" else None
     if rank == 0:
         if probe is not None:
             from safetensors.torch import save_file
 
             save_file({key: value.contiguous() for key, value in probe.items()}, str(directory / PROBE_FILE))
         meta = CheckpointMeta(
-            mode=config.lora.mode,
+            mode=config.finetune.mode,
             base_model=config.model,
             experiment=config.to_plain(),
             step=state["step"],

@@ -1,18 +1,18 @@
 """The sweep's search space: parsed from `tune.search_space`, checked against the config, resolved per trial.
 
-Every key is a dotted ExperimentConfig key (`lora.rank`, `optim.lr`, `deepspeed.zero_stage`, ...). The space is
+Every key is a dotted ExperimentConfig key (`finetune.rank`, `optim.lr`, `deepspeed.zero_stage`, ...). The space is
 validated before Ray starts: an unknown key, a malformed distribution or a range whose values the config rejects
-(`optim.lr: {loguniform: [0, 1e-3]}`, `lora.rank: {choice: [0, 8]}`) raises one ConfigError naming the key, so a
+(`optim.lr: {loguniform: [0, 1e-3]}`, `finetune.rank: {choice: [0, 8]}`) raises one ConfigError naming the key, so a
 bad sweep never reaches a trial. Values are checked by putting them into the config and running its own pydantic
 validation, so the space can never drift from what the config accepts.
 
 YAML forms (one distribution per key):
-    lora.rank:  {choice: [8, 16, 32, 64]}        # random pick (a grid axis under search_alg: grid)
-    lora.rank:  {grid: [8, 16]}                   # every value, each combined with every other grid axis
+    finetune.rank:  {choice: [8, 16, 32, 64]}        # random pick (a grid axis under search_alg: grid)
+    finetune.rank:  {grid: [8, 16]}                   # every value, each combined with every other grid axis
     optim.lr:   {loguniform: [1.0e-5, 5.0e-4]}    # log-uniform float in [low, high)
-    lora.dropout: {uniform: [0.0, 0.1]}           # uniform float in [low, high)
+    finetune.dropout: {uniform: [0.0, 0.1]}           # uniform float in [low, high)
     optim.grad_accum: {randint: [1, 4]}           # integer in [low, high), high excluded like range()
-    lora.alpha: {ratio_of: lora.rank, value: 2}   # derived, not sampled: alpha = 2 × the trial's rank
+    finetune.alpha: {ratio_of: finetune.rank, value: 2}   # derived, not sampled: alpha = 2 × the trial's rank
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def parse_search_space(config: ExperimentConfig) -> SearchSpace:
     search_alg = config.tune.search_alg
     if not raw_space:
         raise ConfigError(
-            "tune.search_space: empty; name at least one key, e.g. `lora.rank: {choice: [8, 16]}`"
+            "tune.search_space: empty; name at least one key, e.g. `finetune.rank: {choice: [8, 16]}`"
         )
     dimensions = [_parse_dimension(key, spec) for key, spec in raw_space.items()]
     by_key = {d.key: d for d in dimensions}
@@ -214,13 +214,13 @@ def _parse_dimension(key: str, spec: Any) -> Dimension:
 
 
 def _parse_ratio(key: str, spec: Mapping[str, Any]) -> Dimension:
-    """`{ratio_of: lora.rank, value: 2}` → a derived Dimension (key = value × the other key)."""
+    """`{ratio_of: finetune.rank, value: 2}` → a derived Dimension (key = value × the other key)."""
     where = f"tune.search_space.{key}"
     target = spec[DERIVED_KIND]
     ratio = _yaml_number(spec.get("value"))
     if not isinstance(target, str) or not _is_number(ratio) or ratio <= 0:
         raise ConfigError(
-            f"{where}: ratio_of needs a key and a positive number, e.g. {{ratio_of: lora.rank, value: 2}}; "
+            f"{where}: ratio_of needs a key and a positive number, e.g. {{ratio_of: finetune.rank, value: 2}}; "
             f"got {dict(spec)!r}"
         )
     return Dimension(key=key, kind=DERIVED_KIND, ratio_of=target, ratio=float(ratio))

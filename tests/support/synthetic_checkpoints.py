@@ -102,7 +102,7 @@ def make_lora_checkpoint(
     import torch
 
     from phi3v_ray.checkpoint import ADAPTER_DIR, CheckpointMeta, write_meta
-    from phi3v_ray.config import LoraSection, ModelSection
+    from phi3v_ray.config import FinetuneSection, ModelSection
     from phi3v_ray.model.loading import load_model
     from phi3v_ray.model.processing import Phi3VProcessor
     from phi3v_ray.train.lora import apply_training_mode
@@ -110,7 +110,7 @@ def make_lora_checkpoint(
     torch.manual_seed(seed)
     model, tokenizer = load_model("tiny")
     processor = Phi3VProcessor.from_config(model.config, tokenizer)
-    lora = LoraSection(rank=rank, alpha=2 * rank, dropout=0.0, target_modules=LORA_TARGETS)
+    lora = FinetuneSection(rank=rank, alpha=2 * rank, dropout=0.0, target_modules=LORA_TARGETS)
     peft_model = apply_training_mode(model, lora)
     if steps:
         batch = processor.collate(prepared_rows(processor, products, with_answer=True), padding_side="right")
