@@ -47,7 +47,6 @@ def main() -> None:
     import numpy as np
     import pandas as pd
     import ray
-    from support.synthetic_checkpoints import PRODUCTS, make_lora_checkpoint, prepared_rows
     from tqdm import tqdm
 
     from phi3v_ray.config import EvalSection, ModelSection
@@ -56,6 +55,8 @@ def main() -> None:
     from phi3v_ray.model.configuration import Phi3VConfig
     from phi3v_ray.model.processing import Phi3VProcessor
     from phi3v_ray.model.tokenizer import tiny_tokenizer
+
+    from support.synthetic_checkpoints import PRODUCTS, make_lora_checkpoint, prepared_rows
 
     processor = Phi3VProcessor.from_config(Phi3VConfig.preset("tiny"), tiny_tokenizer())
     widths = [56, 84, 112, 140]

@@ -88,10 +88,11 @@ def experiment(tmp: Path, steps: int, workers: int, micro_batch: int, cores: int
 def ray_rate(config, rows: list[dict], warmup: int) -> tuple[float, float]:  # noqa: ANN001
     """(samples/s, tokens/s) of the Ray Train + DeepSpeed loop, from rank 0's W&B step timestamps."""
     import ray
-    from support.wandb_files import read_offline_run
 
     from phi3v_ray.tracking import find_offline_runs
     from phi3v_ray.train.launcher import build_trainer
+
+    from support.wandb_files import read_offline_run
 
     datasets = {
         "train": ray.data.from_items(rows),
@@ -118,7 +119,7 @@ def plain_rate(config, rows: list[dict], steps: int, warmup: int, threads: int) 
 
     from phi3v_ray.model.loading import load_model
     from phi3v_ray.model.processing import Phi3VProcessor
-    from phi3v_ray.train.lora import apply_training_mode
+    from phi3v_ray.train.trainable import apply_training_mode
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

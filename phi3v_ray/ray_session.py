@@ -7,6 +7,7 @@ caller of `ray.init` forwarded its own list (or none); now they all call `connec
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -14,9 +15,29 @@ from typing import Any
 FORWARDED_ENV = ("WANDB_MODE", "WANDB_SILENT", "DS_ACCELERATOR", "TOKENIZERS_PARALLELISM")
 
 
+# Set by Ray in the driver of a submitted job: the job's config, including the runtime_env it was submitted with.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
 def forwarded_env() -> dict[str, str]:
-    """The FORWARDED_ENV variables set in this process, by name."""
-    return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    """The FORWARDED_ENV variables set in this process, by name, less those the submitted job already sets.
+
+    Inside `ray job submit` Ray refuses to start a driver whose runtime_env repeats an env var of the job's own
+    (even with the same value), and the job's runtime_env already reaches every worker.
+    """
+    already = set(_job_env_vars())
+    return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ and name not in already}
+
+
+def _job_env_vars() -> dict[str, str]:
+    """env_vars of the submitted job this process is the driver of (empty outside a job)."""
+    try:
+        job_config = json.loads(os.environ.get(JOB_CONFIG_ENV) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    runtime_env = job_config.get("runtime_env") if isinstance(job_config, dict) else None
+    env_vars = runtime_env.get("env_vars") if isinstance(runtime_env, dict) else None
+    return env_vars if isinstance(env_vars, dict) else {}
 
 
 def connect(

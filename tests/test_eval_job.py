@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support.synthetic_checkpoints import PRODUCTS, make_lora_checkpoint, prepared_rows
 
 from phi3v_ray.config import EvalSection, WandbSection
 from phi3v_ray.evaluation.scoring import evaluate
 from phi3v_ray.evaluation.trivial import TrivialPredictor
+
+from support.synthetic_checkpoints import PRODUCTS, make_lora_checkpoint, prepared_rows
 
 TRAIN_STEPS = 150
 TRAIN_LR = 5e-3
@@ -124,9 +125,9 @@ def test_rerun_reuses_scores_of_unchanged_checkpoints(first_run, sweep) -> None:
 
 
 def test_wandb_evaluation_run_holds_leaderboard_and_product_samples(first_run, tmp_path) -> None:
-    from support.wandb_files import read_offline_run
-
     from phi3v_ray.evaluation.wandb_report import log_evaluation
+
+    from support.wandb_files import read_offline_run
 
     result, _, dataset = first_run
     samples = dataset.take(2)

@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from support.wandb_files import IncompleteRunError, read_offline_run, read_run
 
 from phi3v_ray.config import WandbSection
 from phi3v_ray.tracking import TrainingRun, find_offline_runs, seal_run, start_tracking
 
+from support.wandb_files import IncompleteRunError, read_offline_run, read_run
+
 SECTION = WandbSection(mode="offline", project="tracking-test")
-CONFIG = {"optim": {"lr": 0.25}, "lora": {"rank": 8}}
+CONFIG = {"optim": {"lr": 0.25}, "finetune": {"rank": 8}}
 
 
 def _worker_killed_after_step(directory: Path, run_id: str, steps: int, *, commit_last: bool) -> None:

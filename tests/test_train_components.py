@@ -85,7 +85,7 @@ def test_scheduler_state_round_trips_so_resume_continues_the_schedule():
 @pytest.mark.parametrize("vision", ["frozen", "lora", "full"])
 def test_parameter_counts_match_the_built_tiny_model(vision):
     from phi3v_ray.model.loading import load_model
-    from phi3v_ray.train.lora import apply_training_mode
+    from phi3v_ray.train.trainable import apply_training_mode
 
     config = config_from_dict({"finetune": {"rank": 4, "vision": vision}})
     model, _ = load_model("tiny")
@@ -249,10 +249,10 @@ def test_run_config_carrying_the_api_key_is_refused(tmp_path, monkeypatch):
 
 
 def test_offline_run_reads_back_config_history_and_prediction_table(tmp_path, monkeypatch):
-    from support.wandb_files import read_complete_offline_run
-
     from phi3v_ray.config import WandbSection
     from phi3v_ray.tracking import find_offline_runs, start_tracking
+
+    from support.wandb_files import read_complete_offline_run
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     tracker = start_tracking(

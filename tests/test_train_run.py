@@ -59,9 +59,9 @@ def zero3_run(ray_local, tmp_path_factory):
 
 
 def _first_loss(tmp: Path, run_id: str) -> float:
-    from support.wandb_files import read_complete_offline_run
-
     from phi3v_ray.tracking import find_offline_runs
+
+    from support.wandb_files import read_complete_offline_run
 
     first = read_complete_offline_run(find_offline_runs(tmp / "wandb", run_id)[0])
     return next(row["train/loss"] for row in first.history if row.get("trainer/step") == 1)
@@ -79,9 +79,9 @@ def test_training_loss_falls_with_a_clear_margin(run_fixture, request):
 def test_planted_failure_is_retried_from_the_last_checkpoint_and_finishes_with_the_same_step_count(
     zero2_run, zero3_run
 ):
-    from support.wandb_files import read_complete_offline_run
-
     from phi3v_ray.tracking import find_offline_runs
+
+    from support.wandb_files import read_complete_offline_run
 
     config, result, tmp = zero2_run
     attempts = [read_complete_offline_run(path) for path in find_offline_runs(tmp / "wandb", "zero2")]
@@ -147,14 +147,14 @@ def test_checkpoint_reloads_through_base_plus_adapter_with_identical_logits(run_
 
 
 def test_wandb_offline_files_hold_run_config_and_per_step_loss(zero3_run):
-    from support.wandb_files import read_complete_offline_run
-
     from phi3v_ray.tracking import find_offline_runs
+
+    from support.wandb_files import read_complete_offline_run
 
     config, _, tmp = zero3_run
     (folder,) = find_offline_runs(tmp / "wandb", "zero3")
     run = read_complete_offline_run(folder)
-    for section in ("model", "lora", "optim", "deepspeed", "scaling", "run"):
+    for section in ("model", "finetune", "optim", "deepspeed", "scaling", "run"):
         assert run.config[section] == config.to_plain()[section]
     losses = {row["trainer/step"]: row["train/loss"] for row in run.history if "train/loss" in row}
     assert sorted(losses) == list(range(1, STEPS + 1))

@@ -29,8 +29,8 @@ from phi3v_ray.train.batches import iter_example_batches
 from phi3v_ray.train.deepspeed import build_deepspeed_config
 from phi3v_ray.train.device import select_device, synced, to_device
 from phi3v_ray.train.faults import PlantedFailure
-from phi3v_ray.train.lora import apply_training_mode
 from phi3v_ray.train.schedule import planned_steps, scheduler_factory
+from phi3v_ray.train.trainable import apply_training_mode
 from phi3v_ray.train.validation import Validation, validate
 
 

@@ -105,7 +105,7 @@ def make_lora_checkpoint(
     from phi3v_ray.config import FinetuneSection, ModelSection
     from phi3v_ray.model.loading import load_model
     from phi3v_ray.model.processing import Phi3VProcessor
-    from phi3v_ray.train.lora import apply_training_mode
+    from phi3v_ray.train.trainable import apply_training_mode
 
     torch.manual_seed(seed)
     model, tokenizer = load_model("tiny")
