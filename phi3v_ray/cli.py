@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run one command; user errors print one line and exit 2, never a traceback."""
-    from phi3v_ray.errors import UserError
+    from phi3v_ray.errors import RenamedSettingWarning, UserError
 
+    _print_as_one_line(RenamedSettingWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -113,6 +114,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _print_as_one_line(category: type[Warning]) -> None:
+    """Show warnings meant for the user as `warning: ...` lines, without the source location Python adds."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, warning_category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' hook
+        if issubclass(warning_category, category):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, warning_category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 if __name__ == "__main__":

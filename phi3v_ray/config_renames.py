@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from phi3v_ray.errors import ConfigError
+from phi3v_ray.errors import ConfigError, RenamedSettingWarning
 
 # Sections renamed in a release: old name -> new name. Old names keep working (YAML sections, `--set` keys and
 # dotted keys in `tune.search_space`) and print one deprecation line saying what to write instead.
@@ -19,7 +19,7 @@ def _warn_renamed(where: str, old: str) -> None:
     warnings.warn(
         f"{where}: '{old}' is now called '{RENAMED_SECTIONS[old]}' (it also selects full fine-tuning); "
         f"the old name still works for now, rename it",
-        FutureWarning,
+        RenamedSettingWarning,
         stacklevel=3,
     )
 
@@ -43,7 +43,7 @@ def rename_old_sections(raw: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(
                 f"{source}: both '{old}' and '{new}' sections given; '{old}' is the old name of '{new}', keep one"
             )
-        _warn_renamed(f"{source}: {old}", old)
+        _warn_renamed(source, old)
         result[new] = result.pop(old)
     tune = result.get("tune")
     if isinstance(tune, dict) and isinstance(tune.get("search_space"), dict):

@@ -15,3 +15,7 @@ class DataError(UserError, ValueError):
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint or model directory that cannot be loaded (missing files, pickle, wrong shapes)."""
+
+
+class RenamedSettingWarning(FutureWarning):
+    """An old name the user wrote still works but will not forever; the CLI prints it as one `warning:` line."""
