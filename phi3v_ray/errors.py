@@ -19,3 +19,7 @@ class CheckpointError(UserError, ValueError):
 
 class RenamedSettingWarning(FutureWarning):
     """An old name the user wrote still works but will not forever; the CLI prints it as one `warning:` line."""
+
+
+class StorageError(UserError, OSError):
+    """A location that cannot be used: a bad URI, a missing bucket, missing credentials, access denied."""
