@@ -8,12 +8,18 @@ A checkpoint is a directory holding
 
 Readers get a typed `CheckpointMeta`, so nobody guesses a missing field's default: the base model's dtype, attention
 or tokenizer is whatever its validated ModelSection says. Errors name the file and the key that is wrong.
+
+A checkpoint may live in a bucket (`s3://.../checkpoint_000004`): readers call `local_checkpoint`, which copies what
+prediction needs (meta.json, probe, adapter/ or model/; never the large engine/) into a local cache folder keyed by
+the URI, because PEFT, transformers and safetensors only open local files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from phi3v_ray.config import ModelSection
 from phi3v_ray.errors import CheckpointError
+from phi3v_ray.storage import is_uri, location
 
 FORMAT = "phi3v-ray-checkpoint/1"
 ADAPTER_DIR, MODEL_DIR, ENGINE_DIR = "adapter", "model", "engine"
@@ -89,8 +96,36 @@ def parse_meta(path: str | Path) -> CheckpointMeta:
         raise CheckpointError(_validation_message(error, path)) from None
 
 
+def checkpoint_cache_root() -> Path:
+    """Where checkpoint URIs are copied on this machine: $PHI3V_CHECKPOINT_CACHE, else the temp dir."""
+    configured = os.environ.get("PHI3V_CHECKPOINT_CACHE")
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "phi3v-checkpoints"
+
+
+def local_checkpoint(where: str | os.PathLike[str]) -> Path:
+    """A local folder holding the checkpoint (or sweep) at `where`: itself when local, else a cached copy.
+
+    The copy keeps the URI's last name (checkpoint names in a leaderboard are unchanged) under a folder keyed by the
+    whole URI; files already copied with the same size are not fetched again. engine/ is skipped: only a training
+    run resumes from it, and Ray Train reads it from storage itself (W&B run folders are skipped too).
+    """
+    text = os.fspath(where)
+    if not is_uri(text):
+        return Path(text)
+    source = location(text)
+    if not source.exists():
+        raise CheckpointError(f"{source.uri}: no such checkpoint or sweep (nothing stored there)")
+    from phi3v_ray.storage import download_tree
+
+    digest = hashlib.sha256(source.uri.encode()).hexdigest()[:16]
+    target = checkpoint_cache_root() / digest / (source.name or "checkpoint")
+    download_tree(source, target, skip=(ENGINE_DIR, "wandb"))
+    return target
+
+
 def read_meta(directory: str | Path) -> CheckpointMeta:
-    """The meta of the checkpoint in `directory`."""
+    """The meta of the checkpoint in `directory` (a local path or a URI)."""
+    directory = local_checkpoint(directory)
     path = Path(directory) / META_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {META_FILE} (not a phi3v-ray checkpoint)")
@@ -136,9 +171,10 @@ def load_base_model(base: ModelSection, *, dtype: str | None = None) -> tuple[to
 
 
 def load_trained_model(directory: str | Path, *, dtype: str | None = None) -> torch.nn.Module:
-    """Base model + adapter (or the consolidated model) from a checkpoint; dtype defaults to the base model's."""
+    """Base model + adapter (or the consolidated model) from a checkpoint (a local path or a URI); dtype defaults to
+    the base model's."""
+    directory = local_checkpoint(directory)
     meta = read_meta(directory)
-    directory = Path(directory)
     base = meta.base_model
     if meta.mode == "full":
         from phi3v_ray.model.loading import load_model
@@ -163,7 +199,7 @@ def probe_matches(model: torch.nn.Module, directory: str | Path, *, atol: float 
     """
     from safetensors.torch import load_file
 
-    path = Path(directory) / PROBE_FILE
+    path = local_checkpoint(directory) / PROBE_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {PROBE_FILE} to verify against")
     probe = load_file(str(path))

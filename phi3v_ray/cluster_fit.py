@@ -2,7 +2,8 @@
 
 Answers `phi3v-ray cluster check --experiment` offline, from the node types cluster.py reads out of the launcher
 file: each trial is a driver bundle plus one bundle per Ray Train worker, packed first-fit decreasing onto the head
-plus one worker type scaled to its max_workers.
+plus one worker type scaled to its max_workers. It also names every experiment location that is a local path on a
+cluster with worker nodes (`local_locations`): the nodes share no disk, so those must be bucket URIs.
 """
 
 from __future__ import annotations
@@ -155,6 +156,33 @@ def check_experiment_fits(cluster_cfg: dict[str, Any], experiment_cfg: Experimen
         actor_capacity=actor_capacity,
         warnings=warnings,
     )
+
+
+def local_locations(cluster_cfg: dict[str, Any], experiment_cfg: ExperimentConfig) -> list[str]:
+    """One line per experiment location that is a local path while the cluster has worker nodes (else none).
+
+    Nodes of a cluster share no disk: a local catalog, prepared cache, run or evaluation folder lands on whichever
+    node wrote it, and the others (or a spot node's replacement) never see it. Only object-store URIs are shared.
+    Unset keys with a default derived from another key (prepared_dir, output_dir) follow that key and are skipped.
+    """
+    from phi3v_ray.storage import is_uri
+
+    workers = [t.name for t in node_types(cluster_cfg) if not t.is_head and t.max_workers > 0]
+    if not workers:
+        return []
+    data, evaluate = experiment_cfg.data, experiment_cfg.evaluate
+    named: list[tuple[str, str | None]] = [
+        ("data.catalog_dir", data.catalog_dir),
+        ("data.prepared_dir", data.prepared_dir),
+        ("run.storage_path", experiment_cfg.run.storage_path),
+        ("evaluate.output_dir", evaluate.output_dir),
+    ] + [(f"evaluate.checkpoints[{index}]", value) for index, value in enumerate(evaluate.checkpoints)]
+    return [
+        f"{key}: {value!r} is a local path, but worker nodes ({', '.join(workers)}) share no disk with the head "
+        f"or each other; use a bucket URI such as s3://<bucket>/phi3v-ray/..."
+        for key, value in named
+        if value is not None and not is_uri(value)
+    ]
 
 
 def _capacities(item: list[Bundle], head: NodeType, choices: list[NodeType | None]) -> list[Capacity]:

@@ -12,7 +12,18 @@ import os
 from typing import Any
 
 # Non-secret settings forwarded to every Ray process; WANDB_API_KEY is forwarded by Ray itself and never copied here.
-FORWARDED_ENV = ("WANDB_MODE", "WANDB_SILENT", "DS_ACCELERATOR", "TOKENIZERS_PARALLELISM")
+# The S3 endpoint and region go too, so a worker on another node reaches the same S3-compatible store (MinIO, R2,
+# on-prem) as the driver; credentials never do: nodes take theirs from their instance profile or their own environment.
+FORWARDED_ENV = (
+    "WANDB_MODE",
+    "WANDB_SILENT",
+    "DS_ACCELERATOR",
+    "TOKENIZERS_PARALLELISM",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
 
 
 # Set by Ray in the driver of a submitted job: the job's config, including the runtime_env it was submitted with.

@@ -201,7 +201,7 @@ def location(where: str | os.PathLike[str] | Location) -> Location:
 
 _KNOWN_PROBLEMS = (
     (
-        ("NO_SUCH_BUCKET", "NoSuchBucket", "bucket does not exist"),
+        ("NO_SUCH_BUCKET", "NoSuchBucket", "bucket does not exist", "To create buckets, enable"),
         "bucket {bucket!r} does not exist (check the name, or create it)",
     ),
     (
@@ -244,3 +244,71 @@ def _call_uri(uri: str, action: Any) -> Any:
         return action()
     except OSError as error:
         raise explain(error, uri) from None
+
+
+# ---- whole folders between a local disk and a location (tools that only write local files: W&B, plots) ----------
+
+
+def upload_tree(
+    local_dir: str | os.PathLike[str], target: str | Location, *, skip_same_size: bool = False
+) -> int:
+    """Copy every regular file below `local_dir` to the same relative path below `target`; returns how many.
+
+    For programs that can only write to a local disk (W&B's offline writer, matplotlib): they write locally and the
+    result is mirrored. `skip_same_size` skips files the target already holds with the same size (a re-mirror of an
+    append-only folder). Symlinks are not followed: they point at local files that mean nothing elsewhere.
+    """
+    root, destination = Path(local_dir), location(target)
+    present = {}
+    if skip_same_size:
+        prefix = destination.path.rstrip("/") + "/"
+        present = {info.path[len(prefix) :]: info.size for info in destination.list(recursive=True)}
+    copied = 0
+    for file in sorted(root.rglob("*")):
+        if file.is_symlink() or not file.is_file():
+            continue
+        relative = file.relative_to(root).as_posix()
+        data = file.read_bytes()
+        if skip_same_size and present.get(relative) == len(data):
+            continue
+        destination.join(relative).write_bytes(data)
+        copied += 1
+    return copied
+
+
+def download_tree(
+    source: str | Location, local_dir: str | os.PathLike[str], *, skip: tuple[str, ...] = ()
+) -> int:
+    """Copy every file below `source` into `local_dir` (same relative paths), except those below a folder named in
+    `skip`; files already there with the same size are kept. Returns how many were copied."""
+    origin, root = location(source), Path(local_dir)
+    copied = 0
+    for item, info in origin.files(recursive=True):
+        relative = item.path[len(origin.path.rstrip("/")) + 1 :]
+        if any(part in skip for part in relative.split("/")[:-1]):
+            continue
+        local = root / relative
+        if local.is_file() and local.stat().st_size == info.size:
+            continue
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f"{local.name}.part-{uuid.uuid4().hex[:8]}")
+        try:
+            partial.write_bytes(item.read_bytes())
+            os.replace(partial, local)
+        finally:
+            partial.unlink(missing_ok=True)
+        copied += 1
+    return copied
+
+
+def require_bucket(where: Location) -> None:
+    """Raise a StorageError naming the URI when `where` lives in a bucket that does not exist (local: no-op).
+
+    Reading a key of a missing bucket looks like a missing key to pyarrow (a HEAD answers 404 either way), so a stage
+    about to say "nothing here" checks the bucket first and says the more useful thing.
+    """
+    if not where.is_remote:
+        return
+    bucket = where.path.split("/", 1)[0]
+    if _call(where, lambda: where.filesystem.get_file_info(bucket)).type == pafs.FileType.NotFound:
+        raise StorageError(f"{where.uri}: bucket {bucket!r} does not exist (check the name, or create it)")

@@ -12,6 +12,9 @@ Three rules close that gap: each step's row is committed as one record before th
 that report the trial may be stopped), the writer flushes every `FLUSH_INTERVAL_S`, and whoever outlives the trial
 (the sweep driver, the `train` command) seals a run that has no exit record with `seal_run`. `finish_run` returns
 only once the exit record is on disk, so nothing reports a run as written before W&B has written it.
+
+A run directory may be a bucket URI (a sweep on `run.storage_path: s3://...`): W&B then writes to a local staging
+folder and each run folder is mirrored to the bucket once its exit record is written (phi3v_ray.wandb_mirror).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import numpy as np
 
 from phi3v_ray.config import WandbSection
 from phi3v_ray.errors import ConfigError
+from phi3v_ray.storage import is_uri, location
+from phi3v_ray.wandb_mirror import local_run_directory, mirror_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,18 @@ logger = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 0.2
 # How long a finished run may take to reach the disk before we stop waiting and say so.
 FINISH_WAIT_S = 60.0
+def fetch_mirrored_runs(directory: str, run_id: str) -> None:
+    """Bring a URI's folders of `run_id` into the local staging folder (a run another node wrote, to seal it here)."""
+    if not is_uri(directory):
+        return
+    from phi3v_ray.storage import download_tree
+
+    staging, remote = local_run_directory(directory), location(directory).join("wandb")
+    for info in remote.list():
+        name = info.path.rsplit("/", 1)[-1]
+        match = _RUN_FOLDER.match(name)
+        if match and (match.group(2) == run_id or match.group(2).startswith(run_id + "-")):
+            download_tree(remote.join(name), staging / "wandb" / name)
 
 
 def run_settings() -> Any:
@@ -71,7 +88,8 @@ def open_run(
     _assert_no_secret(run_config)
     import wandb
 
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    local = local_run_directory(directory)
+    local.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {"resume": "allow", "id": run_id} if run_id else {}
     return wandb.init(
         project=section.project,
@@ -79,7 +97,7 @@ def open_run(
         group=section.group or group,
         name=name,
         job_type=job_type,
-        dir=str(directory),
+        dir=str(local),
         mode=mode,
         config=run_config,
         settings=run_settings(),
@@ -88,12 +106,18 @@ def open_run(
 
 
 def finish_run(run: Any, exit_code: int = 0, timeout_s: float = FINISH_WAIT_S) -> Path | None:
-    """Finish `run` and wait until its exit record is on disk; returns the run folder, None if it never got there."""
+    """Finish `run` and wait until its exit record is on disk; returns the run folder, None if it never got there.
+
+    A run staged for a URI is mirrored there once complete (and, incomplete, still mirrored: better than nothing).
+    """
     run_dir = Path(run.dir).parent
     run.finish(exit_code=exit_code)
     if not list(run_dir.glob("*.wandb")):
+        mirror_run_folder(run_dir)
         return run_dir  # no transaction log to wait for (e.g. a disabled run)
-    if not wait_for_exit_record(run_dir, timeout_s=timeout_s):
+    complete = wait_for_exit_record(run_dir, timeout_s=timeout_s)
+    mirror_run_folder(run_dir)
+    if not complete:
         logger.warning(
             "W&B run %s: not fully written after %.0f s; its files may be incomplete", run_dir, timeout_s
         )
@@ -234,14 +258,20 @@ def seal_run(
     """
     if resolve_mode(section) == "disabled":
         return False
-    attempts = find_offline_runs(location.directory, location.run_id)
+    fetch_mirrored_runs(location.directory, location.run_id)
+    local = local_run_directory(location.directory)
+    attempts = find_offline_runs(local, location.run_id)
     if attempts and has_exit_record(attempts[-1]):
+        for attempt in attempts:  # a run the driver's node wrote but nobody mirrored yet
+            mirror_run_folder(attempt)
         return False
     run = open_run(
         section, run_config, directory=location.directory, group=location.group, run_id=location.run_id
     )
     run.summary["trial/end_state"] = end_state
     finish_run(run, exit_code=exit_code)
+    for attempt in attempts:  # the killed attempt's history, which only this node's disk held
+        mirror_run_folder(attempt)
     return True
 
 

@@ -23,7 +23,7 @@ from phi3v_ray.cluster import (
     validate_cluster_config,
     validate_cluster_file,
 )
-from phi3v_ray.cluster_fit import check_experiment_fits
+from phi3v_ray.cluster_fit import check_experiment_fits, local_locations
 from phi3v_ray.commands import cluster_check
 from phi3v_ray.config import config_from_dict, load_experiment
 from phi3v_ray.errors import ConfigError
@@ -282,6 +282,46 @@ def test_too_many_evaluation_actors_is_rejected(prepared_cluster: dict[str, Any]
         check_experiment_fits(prepared_cluster, experiment)
 
 
+# ------------------------------------------------------------------------------------- storage on a multi-node cluster
+
+
+def test_cluster_experiment_files_keep_every_location_in_the_bucket(prepared_cluster: dict[str, Any]) -> None:
+    for name in CLUSTER_EXPERIMENTS:
+        experiment = load_experiment(REPO_ROOT / "experiments" / name)
+        assert local_locations(prepared_cluster, experiment) == [], name
+        assert experiment.data.catalog_dir.startswith("s3://my-phi3v-bucket/")
+        assert (experiment.data.prepared_dir or "").startswith("s3://my-phi3v-bucket/")
+        assert all(uri.startswith("s3://my-phi3v-bucket/") for uri in experiment.evaluate.checkpoints)
+        assert (experiment.evaluate.output_dir or "").startswith("s3://my-phi3v-bucket/")
+
+
+def test_local_paths_are_flagged_by_key_when_the_cluster_has_workers(
+    prepared_cluster: dict[str, Any],
+) -> None:
+    experiment = _experiment(
+        data={"catalog_dir": "s3://b/catalog", "prepared_dir": "/mnt/shared/prepared"},
+        run={"storage_path": "runs"},
+        evaluate={"checkpoints": ["s3://b/runs/sweep", "file:///data/runs/x"], "output_dir": "gs://b/out"},
+    )
+    lines = local_locations(prepared_cluster, experiment)
+    assert [line.split(":", 1)[0] for line in lines] == [
+        "data.prepared_dir",
+        "run.storage_path",
+        "evaluate.checkpoints[1]",
+    ]
+    assert (
+        "'/mnt/shared/prepared' is a local path, but worker nodes (gpu_a10g, gpu_a100) share no disk"
+        in lines[0]
+    )
+
+
+def test_a_head_only_cluster_may_use_local_paths(raw_cluster: dict[str, Any]) -> None:
+    for name in ("gpu_a10g", "gpu_a100"):
+        del raw_cluster["available_node_types"][name]
+    raw_cluster["available_node_types"]["head"]["resources"] = {"CPU": 8, "GPU": 0}
+    assert local_locations(validate_cluster_config(raw_cluster), _experiment()) == []
+
+
 # --------------------------------------------------------------------------------------------------------- CLI
 
 
@@ -336,3 +376,16 @@ def test_cli_exits_two_when_an_experiment_does_not_fit(
 def test_cli_exits_two_on_missing_cluster_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _cluster_check([str(tmp_path / "absent.yaml")]) == 2
     assert "absent.yaml: no such cluster file" in capsys.readouterr().err
+
+
+def test_cli_exits_two_naming_a_local_location_on_a_multi_node_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = yaml.safe_load((REPO_ROOT / "experiments" / "burberry_lora_sweep.yaml").read_text())
+    plain["data"]["catalog_dir"] = "data/burberry"
+    experiment = tmp_path / "local.yaml"
+    experiment.write_text(yaml.safe_dump(plain))
+    assert _cluster_check([str(CLUSTER_FILE), "--experiment", str(experiment)]) == 2
+    err = capsys.readouterr().err
+    assert "local.yaml: data.catalog_dir: 'data/burberry' is a local path, but worker nodes" in err
+    assert "use a bucket URI" in err

@@ -140,7 +140,7 @@ def catalog_rows(specs: list[tuple[int, str, object, str]]) -> pd.DataFrame:
 # speed. Each stalled row costs 3 attempts x 3 s; stalled rows share a task's thread pool and overlap.
 OPTIONS = FetchOptions(
     connect_timeout_s=5.0, read_timeout_s=3.0, retries=2, backoff_s=0.05, max_bytes=150_000,
-    threads_per_task=4, rows_per_task=4,
+    threads_per_task=4, rows_per_task=4, allow_private_addresses=True,  # the catalog server is on loopback
 )  # fmt: skip
 
 
@@ -251,7 +251,8 @@ from phi3v_ray.data.fetch import FetchOptions, fetch_catalog
 import pandas as pd
 ray.init(address=sys.argv[1], log_to_driver=False)
 fetch_catalog(pd.read_parquet(sys.argv[2]), sys.argv[3],
-              FetchOptions(read_timeout_s=3600, threads_per_task=2, rows_per_task=4, task_cpus=0.5),
+              FetchOptions(read_timeout_s=3600, threads_per_task=2, rows_per_task=4, task_cpus=0.5,
+                           allow_private_addresses=True),
               show_progress=False)
 """
 ANSWERED_BEFORE_KILL = 8

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from phi3v_ray.data import fetch
+from phi3v_ray.data import download, fetch, url_guard
 from phi3v_ray.data.fetch import (
     FetchOptions,
     FetchSummary,
@@ -23,9 +23,18 @@ from phi3v_ray.data.fetch import (
     remove_stale_partials,
     safe_file_stem,
 )
+from phi3v_ray.data.url_guard import address_class
 from phi3v_ray.errors import DataError
 
-OPTIONS = FetchOptions(connect_timeout_s=5.0, read_timeout_s=10.0, retries=2, backoff_s=0.0, max_bytes=50_000)
+# The test server is on loopback, which fetch refuses by default (SSRF guard): these tests opt in explicitly.
+OPTIONS = FetchOptions(
+    connect_timeout_s=5.0,
+    read_timeout_s=10.0,
+    retries=2,
+    backoff_s=0.0,
+    max_bytes=50_000,
+    allow_private_addresses=True,
+)
 
 
 def image_bytes(kind: str = "PNG", size: tuple[int, int] = (8, 8)) -> bytes:
@@ -47,6 +56,8 @@ class Server:
                 requests[self.path] += 1
                 status, body, declare = routes.get(self.path, (404, b"", True))
                 self.send_response(status)
+                if 300 <= status < 400:  # a redirect: the body names the target
+                    self.send_header("Location", body.decode())
                 if declare:
                     self.send_header("Content-Length", str(len(body)))
                 else:
@@ -81,7 +92,7 @@ def test_server_errors_are_retried_with_doubling_backoff_then_reported(
     server, tmp_path: Path, sleeps
 ) -> None:
     server.routes["/503"] = (503, b"busy", True)
-    options = FetchOptions(retries=3, backoff_s=0.25, read_timeout_s=10.0)
+    options = FetchOptions(retries=3, backoff_s=0.25, read_timeout_s=10.0, allow_private_addresses=True)
     status, name, new = fetch_one(server.base + "/503", "a", tmp_path, options)
     assert (status, name, new) == ("http_error: HTTP 503 (after 4 attempts)", None, False)
     assert server.requests["/503"] == 4
@@ -104,13 +115,13 @@ def test_a_500_is_retried(server, tmp_path: Path, sleeps) -> None:
 
 def test_a_body_of_exactly_max_bytes_is_accepted_and_one_byte_more_is_refused(server, tmp_path: Path) -> None:
     payload = image_bytes("BMP", (40, 40))
-    exact = FetchOptions(max_bytes=len(payload), retries=0)
+    exact = FetchOptions(max_bytes=len(payload), retries=0, allow_private_addresses=True)
     for declare in (True, False):
         path = f"/exact-{declare}"
         server.routes[path] = (200, payload, declare)
         status, name, _ = fetch_one(server.base + path, f"exact{declare}", tmp_path, exact)
         assert (status, name) == ("ok", f"exact{declare}.bmp")
-    smaller = FetchOptions(max_bytes=len(payload) - 1, retries=0)
+    smaller = FetchOptions(max_bytes=len(payload) - 1, retries=0, allow_private_addresses=True)
     server.routes["/declared"] = (200, payload, True)
     assert fetch_one(server.base + "/declared", "d", tmp_path, smaller)[0] == (
         f"too_large: {len(payload)} bytes, expected at most {len(payload) - 1}"
@@ -170,7 +181,9 @@ def test_fetch_many_returns_one_result_per_job_in_job_order(server, tmp_path: Pa
     server.routes["/one"] = (200, image_bytes("PNG"), True)
     server.routes["/gone"] = (410, b"", True)
     jobs = [(5, server.base + "/gone", "x"), (2, server.base + "/one", "y")]
-    results = fetch_many(jobs, str(tmp_path), FetchOptions(threads_per_task=0, retries=0))
+    results = fetch_many(
+        jobs, str(tmp_path), FetchOptions(threads_per_task=0, retries=0, allow_private_addresses=True)
+    )
     assert results == [(5, "http_error: HTTP 410", None, False), (2, "ok", "y.png", True)]
 
 
@@ -215,7 +228,7 @@ def test_a_catalog_fetch_without_ray_counts_new_and_reused_images(server, tmp_pa
             },
         ]
     )
-    options = FetchOptions(retries=0)
+    options = FetchOptions(retries=0, allow_private_addresses=True)
     first = fetch_catalog(catalog, tmp_path, options, use_ray=False, show_progress=False)
     assert (first.total, first.downloaded, first.reused) == (3, 1, 0)
     assert first.by_outcome == {"ok": 1, "http_error": 1, "bad_product_code": 1}
@@ -233,3 +246,120 @@ def test_summary_lines_list_outcomes_most_frequent_first() -> None:
     assert lines[0] == "6 rows -> m.parquet"
     assert lines[1].split() == ["ok", "4"]
     assert lines[-1] == "new downloads 3, already on disk 1"
+
+
+# --- the address guard (SSRF): refused by default, allowed only when asked -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "label"),
+    [
+        ("169.254.169.254", "link-local"),  # the cloud instance-metadata service
+        ("fe80::1", "link-local"),
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped IPv6 reaches the same host
+        ("10.1.2.3", "private"),
+        ("172.16.0.9", "private"),
+        ("192.168.1.1", "private"),
+        ("fd00::5", "private"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("100.100.100.200", "not public"),  # shared address space (one cloud's metadata service lives here)
+        ("93.184.216.34", None),
+        ("2606:4700:4700::1111", None),
+    ],
+)
+def test_addresses_that_are_not_public_are_named_by_what_they_are(address: str, label: str | None) -> None:
+    assert address_class(address) == label
+
+
+def test_by_default_a_loopback_url_is_refused_before_any_request(server, tmp_path: Path) -> None:
+    server.routes["/guarded"] = (200, image_bytes("PNG"), True)
+    status, name, new = fetch_one(server.base + "/guarded", "g", tmp_path, FetchOptions(retries=0))
+    assert status.startswith("blocked_address: 127.0.0.1 resolves to 127.0.0.1 (loopback); ")
+    assert "--allow-private-addresses" in status and (name, new) == (None, False)
+    assert server.requests["/guarded"] == 0 and not list(tmp_path.iterdir())
+    allowed = FetchOptions(retries=0, allow_private_addresses=True)
+    assert fetch_one(server.base + "/guarded", "g", tmp_path, allowed) == ("ok", "g.png", True)
+
+
+def test_a_redirect_to_loopback_is_refused_before_it_is_followed(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first host passes as public (its name is made to resolve to a public address, and the connection check
+    is switched off for it); its redirect to `localhost` is then resolved for real and refused unrequested."""
+    port = server.base.rsplit(":", 1)[1]
+    server.routes["/bounce"] = (302, f"http://localhost:{port}/secret".encode(), True)
+    server.routes["/secret"] = (200, image_bytes("PNG"), True)
+    real_resolve = url_guard.resolve
+    monkeypatch.setattr(
+        url_guard,
+        "resolve",
+        lambda host, p: ["93.184.216.34"] if host == "127.0.0.1" else real_resolve(host, p),
+    )
+    monkeypatch.setattr(download, "_peer_address", lambda response: None)
+    status, name, _ = fetch_one(server.base + "/bounce", "r", tmp_path, FetchOptions(retries=0))
+    assert status.startswith("blocked_address: localhost resolves to ")
+    assert "(loopback) (reached by a redirect)" in status and name is None
+    assert server.requests["/bounce"] == 1 and server.requests["/secret"] == 0
+
+
+def test_a_name_that_resolves_public_but_connects_to_loopback_is_refused(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the check's lookup says public, the connection lands on loopback; the body is never kept."""
+    server.routes["/rebound"] = (200, image_bytes("PNG"), True)
+    monkeypatch.setattr(url_guard, "resolve", lambda host, port: ["93.184.216.34"])
+    status, name, _ = fetch_one(server.base + "/rebound", "d", tmp_path, FetchOptions(retries=0))
+    assert status.startswith("blocked_address: 127.0.0.1 resolves to 127.0.0.1 (loopback)") and name is None
+    assert not list(tmp_path.iterdir())
+
+
+def test_redirects_are_followed_up_to_the_limit(server, tmp_path: Path) -> None:
+    server.routes["/hop"] = (302, b"/hop2", True)  # relative Location, resolved against the current URL
+    server.routes["/hop2"] = (301, b"/final", True)
+    server.routes["/final"] = (200, image_bytes("PNG"), True)
+    server.routes["/loop"] = (307, b"/loop", True)
+    options = FetchOptions(retries=0, max_redirects=2, allow_private_addresses=True)
+    assert fetch_one(server.base + "/hop", "h", tmp_path, options) == ("ok", "h.png", True)
+    assert fetch_one(server.base + "/loop", "l", tmp_path, options) == (
+        "too_many_redirects: more than 2",
+        None,
+        False,
+    )
+    assert server.requests["/loop"] == 3
+
+
+def test_a_catalog_of_loopback_urls_is_all_blocked_by_default_with_the_reason_per_row(
+    server, tmp_path: Path
+) -> None:
+    server.routes["/cat-a"] = (200, image_bytes("PNG"), True)
+    rows = {
+        "website_name": "w", "competence_date": "d", "country_code": "US", "currency_code": "USD",
+        "brand": "B", "category1_code": "c1", "category2_code": "c2", "category3_code": "BAGS",
+        "full_price": 10.0, "price": 10.0, "full_price_eur": 9.0, "price_eur": 9.0, "flg_discount": 0,
+        "title": "A", "itemurl": "u", "imageurl": server.base + "/cat-a",
+    }  # fmt: skip
+    catalog = pd.DataFrame([{**rows, "product_code": code} for code in (1, 2)])
+    before = server.requests["/cat-a"]
+    summary = fetch_catalog(catalog, tmp_path, FetchOptions(retries=0), use_ray=False, show_progress=False)
+    assert summary.by_outcome == {"blocked_address": 2} and summary.downloaded == 0
+    manifest = pd.read_parquet(tmp_path / "manifest.parquet")
+    assert all("(loopback)" in status for status in manifest["status"])
+    assert manifest["local_image_path"].isna().all() and server.requests["/cat-a"] == before
+
+
+def test_the_cli_flag_turns_the_guard_off() -> None:
+    import argparse
+
+    from phi3v_ray.commands import data_fetch
+
+    parser = argparse.ArgumentParser()
+    data_fetch.add_arguments(parser)
+    assert not parser.parse_args(["--source", "a.csv", "--out", "o"]).allow_private_addresses
+    assert parser.parse_args(
+        ["--source", "a.csv", "--out", "o", "--allow-private-addresses"]
+    ).allow_private_addresses

@@ -86,6 +86,13 @@ def asha_sweep(
     return config, run_sweep(config)
 
 
+def _local_sweep_dir(config: ExperimentConfig) -> Path:
+    """The sweep's folder on this disk (these sweeps run on a local run.storage_path)."""
+    location = sweep_directory(config)
+    assert not location.is_remote
+    return Path(location.path)
+
+
 def _complete_runs(directory: Path, run_ids: set[str]) -> dict[str, Any]:
     """run id → the run read back from its offline files; fails unless every run's latest attempt has its exit."""
     from support.wandb_files import read_run
@@ -108,7 +115,7 @@ def test_four_trial_sweep_logs_four_wandb_runs_in_one_group_with_distinct_rank_l
     config, outcome = asha_sweep
     trial_ids = {row.trial_id for row in outcome.rows}
     assert len(trial_ids) == 4
-    runs = _complete_runs(sweep_directory(config) / "wandb", trial_ids | {outcome.summary_run_id})
+    runs = _complete_runs(_local_sweep_dir(config) / "wandb", trial_ids | {outcome.summary_run_id})
     trial_runs = [runs[trial_id] for trial_id in trial_ids]
     assert {run.group for run in trial_runs} == {"asha"}
     pairs = {(run.config["finetune"]["rank"], run.config["optim"]["lr"]) for run in trial_runs}
@@ -121,7 +128,7 @@ def test_four_trial_sweep_logs_four_wandb_runs_in_one_group_with_distinct_rank_l
 
 def test_every_trial_run_reads_back_whole_with_history_to_its_last_reported_step(asha_sweep) -> None:
     config, outcome = asha_sweep
-    sweep_dir = sweep_directory(config)
+    sweep_dir = _local_sweep_dir(config)
     runs = _complete_runs(sweep_dir / "wandb", {row.trial_id for row in outcome.rows})
     stopped = [row for row in outcome.rows if row.status == STOPPED_EARLY]
     assert stopped
@@ -145,7 +152,7 @@ def test_results_csv_lists_every_trial_with_a_best_checkpoint_that_loads(asha_sw
     assert table["best_val_loss"].notna().all()
     for row in table.to_dict("records"):
         checkpoint = Path(row["best_checkpoint"])
-        assert checkpoint.is_dir() and checkpoint.is_relative_to(sweep_directory(config))
+        assert checkpoint.is_dir() and checkpoint.is_relative_to(_local_sweep_dir(config))
         meta = read_meta(checkpoint)
         assert meta.experiment["finetune"]["rank"] == row["finetune.rank"]
         assert meta.experiment["optim"]["lr"] == pytest.approx(row["optim.lr"])
@@ -203,7 +210,7 @@ def test_failed_and_killed_trials_leave_complete_wandb_runs(ray_local, catalog: 
             "tune.max_concurrent_trials=1",
         ],
     )
-    sweep_dir = sweep_directory(config)
+    sweep_dir = _local_sweep_dir(config)
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(
@@ -259,7 +266,7 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(ray_local, catalog: P
     ]
     experiment = REPO / "experiments" / "demo.yaml"
     config = load_experiment(experiment, overrides)
-    sweep_dir = sweep_directory(config)
+    sweep_dir = _local_sweep_dir(config)
     command = [sys.executable, "-m", "phi3v_ray.cli", "tune", str(experiment)]
     for override in overrides:
         command += ["--set", override]

@@ -30,7 +30,7 @@ PACKAGE = "phi3v_ray"
 # part -> the only parts it may import (the layering rule); parts not listed may import anything but commands.
 ALLOWED: dict[str, frozenset[str]] = {
     "model": frozenset({"errors"}),
-    "data": frozenset({"model", "errors", "config"}),
+    "data": frozenset({"model", "errors", "config", "storage"}),
 }
 COMMANDS_IMPORTERS = frozenset({"commands", "cli"})
 

@@ -12,7 +12,9 @@ defaults merged, ray-schema.json) plus phi3v-ray's (head node type exists, resou
 min_workers <= max_workers, no secrets in the file). Prints every node type with its CPUs and GPUs.
 
 With --experiment (repeatable), also checks that one trial (trial driver + scaling.num_workers workers) and the
-evaluation actors fit the node types at their max_workers, and prints how many trials can run at once.
+evaluation actors fit the node types at their max_workers, and prints how many trials can run at once. When the
+cluster has worker nodes, every location of the experiment (data.catalog_dir, data.prepared_dir, run.storage_path,
+evaluate.output_dir, evaluate.checkpoints) must be a bucket URI (s3://, gs://): nodes share no disk.
 Makes no cloud calls and needs no credentials. Exit status 0 when everything fits, 2 when something does not.
 
 example:
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from phi3v_ray.cluster import load_cluster_yaml, node_types, placeholders, validate_cluster_config
-    from phi3v_ray.cluster_fit import check_experiment_fits
+    from phi3v_ray.cluster_fit import check_experiment_fits, local_locations
     from phi3v_ray.config import load_experiment
     from phi3v_ray.errors import ConfigError
 
@@ -64,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
             fit = check_experiment_fits(prepared, experiment)
         except ConfigError as error:
             print(f"error: {experiment_path}: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        local = local_locations(prepared, experiment)
+        for line in local:
+            print(f"error: {experiment_path}: {line}", file=sys.stderr)
+        if local:
             failures += 1
             continue
         print(f"{experiment_path}: fits")

@@ -9,8 +9,11 @@ from phi3v_ray.commands.arguments import add_experiment_arguments, load_experime
 HELP = "preprocess splits into model-ready parquet (token ids, labels, uint8 canvases) that runs reuse"
 DESCRIPTION = """\
 Decode, HD-resize and pad every image of a split, build the prompt, token ids and labels, and write the result to
-<prepared_dir>/<split>-<key>/ (parquet), where <key> hashes the catalog rows, the image files' sizes and times,
-and the processor settings (tokenizer, crop size, crop budget, image token). `train`, `tune` and `evaluate` read
+<prepared_dir>/<split>-<key>/ (parquet), where <key> hashes the catalog rows, the image files' sizes and times
+(one listing per image folder or bucket prefix), and the processor settings (tokenizer, crop size, crop budget, image
+token). The catalog and prepared_dir may be s3:// or gs:// prefixes: Ray Data actors read the images from the
+bucket and write the parquet back to it; an entry counts only once its meta.json is written, so an interrupted
+prepare is redone on the next run and a finished split is never redone. `train`, `tune` and `evaluate` read
 an entry whose key matches instead of preprocessing again, so a sweep's trials share one preprocessing pass.
 
 Rows that cannot be used (missing, truncated or corrupt images, pixel bombs, unusable prices or titles) go to
@@ -22,6 +25,7 @@ for evaluation.
 examples:
   phi3v-ray data prepare experiments/demo.yaml
   phi3v-ray data prepare --catalog data/sample --splits train,val
+  phi3v-ray data prepare --catalog s3://my-bucket/catalog --set data.prepared_dir=s3://my-bucket/prepared
 """
 
 
@@ -33,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         experiment_help="experiments/<name>.yaml (model and data settings)",
         set_example="model.num_crops=4",
     )
-    parser.add_argument("--catalog", help="catalog directory (overrides data.catalog_dir; enough on its own)")
+    parser.add_argument(
+        "--catalog",
+        help="catalog directory or s3:// prefix (overrides data.catalog_dir; enough on its own)",
+    )
     parser.add_argument(
         "--splits",
         default="train,val,test",

@@ -14,14 +14,21 @@ never move existing rows.
 --by product_code splits every product code on its own.
 Writes DIR/splits.parquet and prints per-split counts and the category distribution.
 
-example:
+DIR may be a local folder or an object-store prefix (s3://bucket/catalog, gs://...); split rows then name their
+images by URI, so preparation on any node reads them from the bucket. The S3 endpoint (MinIO, R2) and credentials
+come from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) or the instance profile.
+
+examples:
   phi3v-ray data split data/sample --ratios 0.8,0.1,0.1
+  phi3v-ray data split s3://my-bucket/phi3v-ray/catalog
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options for the grouping key and the ratios."""
-    parser.add_argument("dir", metavar="DIR", help="catalog directory holding manifest.parquet")
+    parser.add_argument(
+        "dir", metavar="DIR", help="catalog directory or s3:// / gs:// prefix holding manifest.parquet"
+    )
     parser.add_argument(
         "--by", choices=("title", "product_code"), default="title", help="group key (default title)"
     )

@@ -13,9 +13,10 @@ trivial predictor), parses it, scores it and ranks the checkpoints.
 
   phi3v-ray evaluate experiments/demo.yaml
   phi3v-ray evaluate --checkpoints runs/sweep --split test --catalog data/sample
+  phi3v-ray evaluate --checkpoints s3://bucket/runs/sweep --output s3://bucket/evaluation
 
 Writes leaderboard.csv/.json/.md, predictions.parquet, broken.json and PNG plots to the output directory
-(default: <first checkpoint path>/evaluation). A re-run reuses the scores of checkpoints whose files did not
+(default: <first checkpoint path>/evaluation); checkpoints and the output directory may be bucket URIs. A re-run reuses the scores of checkpoints whose files did not
 change; a checkpoint that cannot be loaded is listed with its reason and the others are still scored.
 """
 
@@ -30,10 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         experiment_help="experiments/<name>.yaml (its `evaluate:` section)",
         set_example="evaluate.num_actors=2",
     )
-    parser.add_argument("--checkpoints", nargs="+", metavar="DIR", help="sweep dirs or checkpoint dirs")
+    parser.add_argument("--checkpoints", nargs="+", metavar="DIR", help="sweep or checkpoint dirs or URIs")
     parser.add_argument("--split", choices=("train", "val", "test"), help="split to score on (default: test)")
     parser.add_argument("--catalog", help="catalog directory (default: the experiment's data.catalog_dir)")
-    parser.add_argument("--output", help="output directory for the leaderboard and predictions")
+    parser.add_argument("--output", help="output directory or URI for the leaderboard and predictions")
     parser.add_argument(
         "--primary-metric", help="metric to rank by (e.g. category_accuracy, price_median_ape)"
     )

@@ -10,12 +10,16 @@ Runs the evaluation predictor (same preprocessing, loading and greedy generation
 the raw answer and the parsed product, category and price.
 
   phi3v-ray predict --checkpoint runs/sweep/trial_0/checkpoint_000003 photo1.jpg photo2.png
+  phi3v-ray predict --checkpoint s3://bucket/runs/sweep/trial_0/checkpoint_000003 photo.jpg
+
+A checkpoint URI is copied (without its engine/ resume state) into a local cache ($PHI3V_CHECKPOINT_CACHE, else the
+temp dir) first; a second call reuses the copy.
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """A checkpoint directory and image paths."""
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (holds meta.json)")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory or URI (holds meta.json)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="product photos")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="generation length limit")
 

@@ -11,7 +11,7 @@ DESCRIPTION = """\
 Fine-tunes the configured model on the prepared catalog across N Ray Train workers with DeepSpeed ZeRO-2/3.
 Checkpoints (adapter safetensors + DeepSpeed engine state + meta.json) go to <run.storage_path>/<run.name>/;
 running the same command again resumes from the latest checkpoint. W&B logs from rank 0 (offline unless
-WANDB_API_KEY is set).
+WANDB_API_KEY is set). run.storage_path may be a bucket (s3://bucket/runs); the W&B run files are copied there.
 
 --dry-run prints the resolved config, worker placement, steps per epoch (from the prepared split when `data
 prepare` has run, else an upper bound from the split catalog) and a per-GPU memory estimate
@@ -51,14 +51,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_capacity(config)
 
-    from phi3v_ray.train.launcher import fit
+    from phi3v_ray.train.launcher import fit, storage_location
+    from phi3v_ray.tune.results import checkpoint_location
 
     result = fit(config)  # raises ray.train.TrainingFailedError once retries are used up
     scored = [item for item in result.best_checkpoints if "val_loss" in item[1]]
     best = min(scored, key=lambda item: item[1]["val_loss"]) if scored else None
+    storage = storage_location(config)  # Ray reports paths inside the bucket: print them as URIs
     print(f"final metrics: { {k: v for k, v in result.metrics.items() if not k.startswith('_')} }")
     if result.checkpoint:
-        print(f"latest checkpoint: {result.checkpoint.path}")
+        print(f"latest checkpoint: {checkpoint_location(result.checkpoint.path, storage)}")
     if best:
-        print(f"best checkpoint (val_loss {best[1].get('val_loss')}): {best[0].path}")
+        print(f"best checkpoint (val_loss {best[1].get('val_loss')}): {checkpoint_location(best[0].path, storage)}")
     return 0

@@ -22,6 +22,7 @@ Searches the keys listed under `tune.search_space` in the experiment file, e.g.
 Each trial is one Ray Train run (DeepSpeed, N workers); the prepared data is computed once and shared. Up to
 max_concurrent_trials trials run at once (default: as many as the cluster's CPUs/GPUs fit). Every trial is a W&B
 run in one group named after the sweep. Results: <run.storage_path>/<tune.name>/sweep_results.csv and a table.
+run.storage_path may be a bucket (s3://bucket/runs): checkpoints, results and W&B run files all go there.
 
 A search space naming an unknown key or a value the config rejects fails before any trial starts. Run the same
 command again after an interruption (Ctrl-C, lost driver) to finish the missing trials; finished ones are kept.

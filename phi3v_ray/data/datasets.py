@@ -8,10 +8,10 @@ is read back, otherwise the split is streamed through the actor pool (phi3v_ray.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import io
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -19,11 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from phi3v_ray.data import prepared
+from phi3v_ray.data.catalog import MANIFEST_FILE
 from phi3v_ray.data.examples import ProcessorSettings, processor_settings
+from phi3v_ray.data.places import Place, below, place
 from phi3v_ray.data.preprocess import DEFAULT_ROWS_PER_BLOCK, prepare_dataset
 from phi3v_ray.data.rejects import REJECT_SCHEMA, PrepareSummary, RejectsLog
 from phi3v_ray.data.split import load_split_rows
 from phi3v_ray.errors import DataError
+from phi3v_ray.storage import location
 
 if TYPE_CHECKING:
     import ray.data
@@ -31,9 +34,11 @@ if TYPE_CHECKING:
     from phi3v_ray.config import ExperimentConfig
 
 
-def prepared_root(config: ExperimentConfig) -> Path:
-    """The prepared-split cache folder: `data.prepared_dir`, else `<catalog_dir>/prepared`."""
-    return Path(config.data.prepared_dir or Path(config.data.catalog_dir) / "prepared")
+def prepared_root(config: ExperimentConfig) -> Place:
+    """The prepared-split cache folder or prefix: `data.prepared_dir`, else `<catalog_dir>/prepared`."""
+    if config.data.prepared_dir:
+        return place(config.data.prepared_dir)
+    return below(place(config.data.catalog_dir), "prepared")
 
 
 def split_limit(config: ExperimentConfig, split: str) -> int | None:
@@ -49,7 +54,7 @@ class SplitPlan:
     prompt_only: bool
     rows: pd.DataFrame
     settings: ProcessorSettings
-    root: Path
+    root: Place
     name: str
     key_material: dict[str, Any]
 
@@ -76,7 +81,8 @@ def read_prepared_dataset(entry: prepared.PreparedEntry) -> tuple[ray.data.Datas
     if prepared.count_parquet_rows(entry.examples_dir) == 0:
         dataset = ray.data.from_items([])  # every row was rejected; Ray cannot read an empty parquet folder
     else:
-        dataset = ray.data.read_parquet(str(entry.examples_dir)).map_batches(
+        examples = location(entry.examples_dir)
+        dataset = ray.data.read_parquet(examples.path, filesystem=examples.filesystem).map_batches(
             prepared.decode_examples, batch_format="pyarrow", batch_size=DEFAULT_ROWS_PER_BLOCK
         )
     log = RejectsLog(
@@ -98,12 +104,12 @@ def build_prepared_dataset(
 
 def _stream_split(config: ExperimentConfig, plan: SplitPlan) -> tuple[ray.data.Dataset, RejectsLog]:
     """Preprocess a split on the fly (no cache entry), with its rejects under the cache root's `streaming/`."""
-    run_dir = plan.root / "streaming" / f"{plan.name}-{uuid.uuid4().hex[:8]}"
+    run_dir = below(plan.root, "streaming", f"{plan.name}-{uuid.uuid4().hex[:8]}")
     return prepare_dataset(
         plan.rows,
         plan.settings,
         prompt_only=plan.prompt_only,
-        rejects_dir=run_dir / "rejects",
+        rejects_dir=below(run_dir, "rejects"),
         cpus_per_actor=config.data.preprocess_cpus,
     )
 
@@ -136,8 +142,9 @@ def write_prepared_split(
     entry = prepared.find_prepared(plan.root, plan.name)
     if entry is not None and not overwrite:
         return entry, summary_of_entry(entry), True
+    refuse_catalog_as_cache(plan.root)
     if entry is not None:
-        shutil.rmtree(entry.directory)
+        prepared.remove_entry(plan.root, plan.name)
     scratch = prepared.scratch_dir(plan.root, plan.name)
     try:
         summary = _compute_into(config, plan, scratch)
@@ -147,33 +154,56 @@ def write_prepared_split(
             "prepared": summary.prepared,
             "rejected": summary.rejected,
             "by_reason": summary.by_reason,
-            "catalog_dir": str(Path(config.data.catalog_dir).resolve()),
+            "catalog_dir": location(config.data.catalog_dir).uri,
         }
         entry = prepared.commit_entry(scratch, plan.root, plan.name, meta)
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        _discard(scratch)
         raise
     return entry, summary, False
 
 
-def _compute_into(config: ExperimentConfig, plan: SplitPlan, scratch: Path) -> PrepareSummary:
-    """Prepare the split into `scratch` (examples/ + rejects.parquet); a DataError when the counts do not reconcile."""
+def refuse_catalog_as_cache(root: Place) -> None:
+    """A DataError when the cache folder or prefix is itself a catalog: entries would mix with its images and files.
+
+    `data.prepared_dir` pointed at the catalog (easy with long bucket prefixes) is caught before any work starts.
+    """
+    where = location(root)
+    if where.join(MANIFEST_FILE).is_file():
+        raise DataError(
+            f"data.prepared_dir {where}: already holds a catalog ({MANIFEST_FILE}); give the prepared cache its own "
+            f"folder or prefix, such as {where.join('prepared')}"
+        )
+
+
+def _discard(scratch: Place) -> None:
+    """Remove an unfinished scratch folder or attempt prefix; a failure here must not hide the original error."""
+    with contextlib.suppress(Exception):  # best effort: an orphan is never read (no meta.json names it)
+        location(scratch).delete()
+
+
+def _compute_into(config: ExperimentConfig, plan: SplitPlan, scratch: Place) -> PrepareSummary:
+    """Prepare the split into `scratch` (examples/ + rejects.parquet); a DataError when the counts do not reconcile.
+
+    Ray Data writes the examples straight into the scratch folder or attempt prefix through its filesystem, so a
+    bucket-backed cache never passes through the driver's disk.
+    """
     dataset, rejects = prepare_dataset(
         plan.rows,
         plan.settings,
         prompt_only=plan.prompt_only,
-        rejects_dir=scratch / "rejects-parts",
+        rejects_dir=below(scratch, "rejects-parts"),
         cpus_per_actor=config.data.preprocess_cpus,
     )
+    examples = location(below(scratch, "examples"))
     dataset.map_batches(prepared.encode_examples, batch_format="numpy", batch_size=None).write_parquet(
-        str(scratch / "examples")
+        examples.path, filesystem=examples.filesystem
     )
-    summary = rejects.summary(prepared.count_parquet_rows(scratch / "examples"))
-    pq.write_table(
-        pa.Table.from_pandas(rejects.read(), schema=REJECT_SCHEMA, preserve_index=False),
-        scratch / "rejects.parquet",
-    )
-    shutil.rmtree(scratch / "rejects-parts")
+    summary = rejects.summary(prepared.count_parquet_rows(examples))
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(rejects.read(), schema=REJECT_SCHEMA, preserve_index=False), buffer)
+    location(below(scratch, "rejects.parquet")).write_bytes(buffer.getvalue())
+    location(below(scratch, "rejects-parts")).delete()
     if not summary.reconciles:
         raise DataError(f"prepare {plan.split}: counts do not reconcile: {summary}")
     return summary

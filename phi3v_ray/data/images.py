@@ -9,15 +9,20 @@ conversion would destroy the picture (16-bit and float greyscale clip to white),
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
+import pyarrow.fs as pafs
 from PIL import Image, UnidentifiedImageError
 
 from phi3v_ray.data.schema import is_missing
+from phi3v_ray.errors import StorageError
 from phi3v_ray.model.geometry import hd_resized_extent
+from phi3v_ray.storage import location
 
 # 64 MP: far above any product photo (a 8000×8000 scan is 64 MP) and small enough that a decoded RGB copy (192 MB)
 # cannot exhaust a preprocessing actor's memory.
@@ -76,6 +81,34 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _open_source(path: str) -> tuple[str | IO[bytes], int] | DecodedImage:
+    """What PIL should open for a local path or an object URI, and its size; a reject when there is nothing to open.
+
+    A local file is opened by path, as PIL reads it lazily (the header before any pixels). An object is fetched in
+    one GET into memory: PIL reads in many small pieces, and a ranged request per piece would dominate the time.
+    """
+    try:
+        where = location(path)
+        info = where.info()
+        if info.type != pafs.FileType.File:
+            what = (
+                "a directory, not a file"
+                if info.type == pafs.FileType.Directory
+                else "No such file or directory"
+            )
+            return _reject(REASON_MISSING, f"{path}: {what}")
+        if info.size == 0:
+            return _reject(REASON_EMPTY, f"{path}: file is empty (0 bytes)")
+        if not where.is_remote:
+            return where.path, int(info.size)
+        data = where.read_bytes()
+    except StorageError as error:
+        return _reject(REASON_MISSING, str(error))
+    if not data:
+        return _reject(REASON_EMPTY, f"{path}: file is empty (0 bytes)")
+    return io.BytesIO(data), len(data)
+
+
 def decode_image(
     path: str | os.PathLike[str] | None,
     *,
@@ -83,22 +116,23 @@ def decode_image(
     num_crops: int = 16,
     crop_size: int = 336,
 ) -> DecodedImage:
-    """Open, check and load one image file as RGB, or say why it cannot be used; never raises for bad files."""
+    """Open, check and load one image (a local path or an object URI) as RGB, or say why it cannot be used.
+
+    Never raises for a bad file or an unreachable object: either is a reject with a reason.
+    """
     if is_missing(path) or str(path).strip() == "":
         return _reject(REASON_NO_PATH, "the row has no local_image_path")
     path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-    except OSError as error:
-        return _reject(REASON_MISSING, f"{path}: {error.strerror or error}")
-    if size == 0:
-        return _reject(REASON_EMPTY, f"{path}: file is empty (0 bytes)")
+    opened = _open_source(path)
+    if isinstance(opened, DecodedImage):
+        return opened
+    source, size = opened
     mode: str | None = None
     try:
         with warnings.catch_warnings():
             # PIL's own bomb check warns above its global limit; ours is explicit and per call.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 mode = image.mode
                 width, height = image.size
                 if width < 1 or height < 1:

@@ -4,8 +4,10 @@ A sweep runs many trials over the same split; decoding and resizing thousands of
 most of the cluster. `phi3v-ray data prepare` writes each split once, and every later run whose catalog rows,
 image files and processor settings hash to the same key reads it back instead. The parquet layout is explicit
 (`list<int32>` token ids, raw uint8 canvas bytes, `image_size` for the shape), so nothing is pickled and any
-parquet reader can inspect it. An entry counts only once `meta.json` exists, and entries are built in a scratch
-directory and renamed into place, so a crashed or concurrent writer never leaves a half entry that looks complete.
+parquet reader can inspect it. An entry counts only once `meta.json` exists: locally entries are built in a
+scratch directory and renamed into place; in an object store (no rename) each writer fills its own attempt prefix
+and meta.json, written last in one PUT, names it. Either way a crashed or concurrent writer never leaves a half entry
+that looks complete, and a rerun after a crash redoes only the entries that were never committed.
 """
 
 from __future__ import annotations
@@ -13,22 +15,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from phi3v_ray.data.places import Place, below, place
 from phi3v_ray.data.schema import is_missing
+from phi3v_ray.errors import StorageError
+from phi3v_ray.storage import Location, location
 
 PREPARED_FORMAT = "phi3v-ray-prepared/1"
 # Bump when the meaning of a prepared row changes (prompt text, label rule, canvas layout): old entries then miss.
 PIPELINE_VERSION = 1
+
+_ATTEMPT = re.compile(r"attempt-[0-9a-f]{8}")
 
 FINGERPRINT_COLUMNS = ("product_code", "title", "category3_code", "full_price", "local_image_path", "status")
 
@@ -49,24 +58,49 @@ EXAMPLE_SCHEMA = pa.schema(
 
 
 def catalog_fingerprint(rows: pd.DataFrame) -> str:
-    """Hash of the split's rows and of each image file's size and modification time.
+    """Hash of the split's rows and of each image's identity: its size and modification time.
 
-    File stats rather than bytes: hashing every photo would cost a full read of the catalog, and a refetched or
-    edited image changes its stats anyway.
+    Identity rather than bytes: hashing every photo would cost a full read of the catalog, and a refetched or edited
+    image changes its size or time anyway. Identities come from one listing per image folder (or bucket prefix), not
+    a stat (a HEAD request) per image; a local file's listing gives exactly what os.stat gives.
     """
     digest = hashlib.sha256()
     present = [name for name in FINGERPRINT_COLUMNS if name in rows.columns]
     digest.update(json.dumps(present).encode())
+    identities = image_identities(rows["local_image_path"]) if "local_image_path" in present else {}
     for values in rows[present].itertuples(index=False, name=None):
         digest.update(json.dumps([_json_scalar(v) for v in values]).encode())
         if "local_image_path" in present:
             path = values[present.index("local_image_path")]
-            try:
-                stat = os.stat(path)
-                digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-            except (OSError, TypeError, ValueError):
-                digest.update(b"missing")
+            digest.update(
+                identities.get(str(path), "missing").encode() if not is_missing(path) else b"missing"
+            )
     return digest.hexdigest()
+
+
+def image_identities(paths: pd.Series) -> dict[str, str]:
+    """`"size:mtime_ns"` of every listed file, keyed by the path or URI as the rows spell it (one listing per folder)."""
+    folders: dict[str, list[str]] = {}
+    for value in paths:
+        if is_missing(value) or not isinstance(value, str) or not value.strip():
+            continue
+        parent = value.rstrip("/").rsplit("/", 1)[0] if "/" in value else "."
+        folders.setdefault(parent, []).append(value)
+    identities: dict[str, str] = {}
+    for parent, wanted in folders.items():
+        try:
+            listed = {
+                PurePosixPath(info.path).name: f"{info.size}:{info.mtime_ns}"
+                for info in location(parent).list()
+                if info.type == pafs.FileType.File
+            }
+        except StorageError:
+            continue  # an unreadable folder: its images count as missing, and preparation rejects them by name
+        for value in wanted:
+            name = value.rstrip("/").rsplit("/", 1)[-1]
+            if name in listed:
+                identities[value] = listed[name]
+    return identities
 
 
 def _json_scalar(value: Any) -> Any:
@@ -155,50 +189,68 @@ def _ragged(column: pa.ChunkedArray) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class PreparedEntry:
-    """One complete cache entry on disk: examples parquet files, rejects parquet and meta.json."""
+    """One complete cache entry: examples parquet files, rejects parquet and meta.json.
 
-    directory: Path
+    `directory` is where the entry's data lives: a local folder, or in an object store the committed attempt's
+    prefix (`<root>/<name>/attempt-<id>`), with meta.json one level up naming it.
+    """
+
+    directory: Place
     meta: dict[str, Any]
 
     @property
-    def examples_dir(self) -> Path:
+    def examples_dir(self) -> Place:
         """Folder of example parquet files (one per written block)."""
-        return self.directory / "examples"
+        return below(self.directory, "examples")
 
     @property
-    def rejects_path(self) -> Path:
+    def rejects_path(self) -> Place:
         """Rejected rows with reasons, same schema as the streaming rejects output."""
-        return self.directory / "rejects.parquet"
+        return below(self.directory, "rejects.parquet")
 
     def read_rejects(self) -> pd.DataFrame:
         """The rejects table of this entry."""
-        return pq.read_table(self.rejects_path).to_pandas()
+        where = location(self.rejects_path)
+        return pq.read_table(where.path, filesystem=where.filesystem).to_pandas()
 
 
-def find_prepared(root: str | os.PathLike[str], name: str) -> PreparedEntry | None:
+def find_prepared(root: str | os.PathLike[str] | Location, name: str) -> PreparedEntry | None:
     """The complete entry `name` under `root`, or None when absent or unfinished (no meta.json)."""
-    directory = Path(root) / name
-    meta_path = directory / "meta.json"
+    top = below(place(root), name)
+    meta_path = location(below(top, "meta.json"))
     if not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != PREPARED_FORMAT:
         return None
-    return PreparedEntry(directory=directory, meta=meta)
+    attempt = meta.get("data")
+    if attempt is not None and not _ATTEMPT.fullmatch(str(attempt)):
+        return None  # not written by commit_entry: never follow a path out of the entry
+    return PreparedEntry(directory=below(top, attempt) if attempt else top, meta=meta)
 
 
-def scratch_dir(root: str | os.PathLike[str], name: str) -> Path:
-    """A fresh private folder next to the final entry, renamed into place by `commit_entry`."""
-    path = Path(root) / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+def scratch_dir(root: str | os.PathLike[str] | Location, name: str) -> Place:
+    """A fresh private place for one writer: a folder renamed into place locally, an attempt prefix in a bucket.
+
+    Object stores cannot rename a prefix, so there the attempt is written where it stays, under the entry's
+    prefix, and becomes the entry only when `commit_entry` writes meta.json naming it.
+    """
+    where = place(root)
+    token = uuid.uuid4().hex[:8]
+    if not isinstance(where, Path):
+        return where.join(name, f"attempt-{token}")
+    path = where / f".{name}.tmp-{token}"
     path.mkdir(parents=True)
     return path
 
 
 def commit_entry(
-    scratch: Path, root: str | os.PathLike[str], name: str, meta: dict[str, Any]
+    scratch: Place, root: str | os.PathLike[str] | Location, name: str, meta: dict[str, Any]
 ) -> PreparedEntry:
-    """Write meta.json last and move the scratch folder into place; a concurrent identical entry wins quietly."""
+    """Make `scratch` the entry `name`, writing meta.json last; a concurrent identical entry wins quietly."""
     full_meta = {"format": PREPARED_FORMAT, **meta}
+    if not isinstance(scratch, Path):
+        return _commit_attempt(scratch, root, name, full_meta)
     (scratch / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
     final = Path(root) / name
     try:
@@ -213,19 +265,53 @@ def commit_entry(
     return PreparedEntry(directory=final, meta=full_meta)
 
 
-def count_parquet_rows(directory: Path) -> int:
-    """Rows in every parquet file under `directory`, read from footers only."""
-    if not directory.is_dir():
-        return 0
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in sorted(directory.glob("*.parquet")))
+def _commit_attempt(
+    attempt: Location, root: str | os.PathLike[str] | Location, name: str, full_meta: dict[str, Any]
+) -> PreparedEntry:
+    """Object-store commit: one PUT of meta.json naming the attempt, then the leftovers of other attempts go.
+
+    The PUT is atomic (the object appears whole), so a reader sees either no entry or a complete one. Leftovers are
+    attempts that were interrupted, or lost to a writer that committed first; the latter never use their attempt.
+    """
+    existing = find_prepared(root, name)
+    if existing is not None:
+        attempt.delete()
+        return existing
+    full_meta = {**full_meta, "data": attempt.name}
+    top = attempt.parent
+    top.join("meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+    for info in top.list():
+        other = PurePosixPath(info.path).name
+        if info.type == pafs.FileType.Directory and _ATTEMPT.fullmatch(other) and other != attempt.name:
+            top.join(other).delete()
+    return PreparedEntry(directory=attempt, meta=full_meta)
 
 
-def uncompressed_parquet_bytes(directory: Path) -> int:
+def remove_entry(root: str | os.PathLike[str] | Location, name: str) -> None:
+    """Delete the entry `name` (meta.json first, so no reader trusts a half-deleted entry) and every attempt."""
+    top = location(below(place(root), name))
+    top.join("meta.json").delete()
+    top.delete()
+
+
+def _parquet_files(directory: Place) -> list[Location]:
+    return [file for file, _ in location(directory).files() if file.name.endswith(".parquet")]
+
+
+def _footer(file: Location) -> pq.FileMetaData:
+    with file.filesystem.open_input_file(file.path) as handle:
+        return pq.ParquetFile(handle).metadata
+
+
+def count_parquet_rows(directory: Place) -> int:
+    """Rows in every parquet file under `directory` (a folder or prefix), read from footers only."""
+    return sum(_footer(file).num_rows for file in _parquet_files(directory))
+
+
+def uncompressed_parquet_bytes(directory: Place) -> int:
     """Uncompressed size of every row group under `directory` (footers only): what the split takes in memory."""
-    if not directory.is_dir():
-        return 0
     total = 0
-    for path in sorted(directory.glob("*.parquet")):
-        metadata = pq.ParquetFile(path).metadata
+    for file in _parquet_files(directory):
+        metadata = _footer(file)
         total += sum(metadata.row_group(index).total_byte_size for index in range(metadata.num_row_groups))
     return total

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from phi3v_ray.data.examples import ProcessorSettings, prepare_row
-from phi3v_ray.data.rejects import RejectsLog, rejects_table
+from phi3v_ray.data.places import place
+from phi3v_ray.data.rejects import RejectsLog, write_rejects
+from phi3v_ray.storage import Location, location
 
 if TYPE_CHECKING:
     import ray.data
@@ -48,13 +46,14 @@ class ExamplePreparer:
     """Ray Data class UDF: holds one processor per actor and turns batches of catalog rows into examples.
 
     Rejects are written by the actor as small parquet files named after their row ids, so a retried batch
-    overwrites its own file instead of double counting, and the training stream carries only good rows.
+    overwrites its own file instead of double counting, and the training stream carries only good rows. Images and
+    the rejects folder may be local paths or object URIs; the actor opens both through phi3v_ray.storage.
     """
 
     def __init__(self, settings: ProcessorSettings, *, prompt_only: bool, rejects_dir: str) -> None:
         self.settings = settings
         self.prompt_only = prompt_only
-        self.rejects_dir = Path(rejects_dir)
+        self.rejects_dir: Location = location(rejects_dir)
         self.processor = settings.build_processor()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
@@ -76,10 +75,7 @@ class ExamplePreparer:
     def _write_rejects(self, records: list[dict[str, Any]]) -> None:
         row_ids = sorted(record["row_id"] for record in records)
         digest = hashlib.sha256(str(row_ids).encode()).hexdigest()[:12]
-        final = self.rejects_dir / f"rejects-{row_ids[0]:09d}-{digest}.parquet"
-        partial = final.with_suffix(f".{uuid.uuid4().hex[:6]}.tmp")
-        pq.write_table(rejects_table(records), partial)
-        os.replace(partial, final)
+        write_rejects(records, self.rejects_dir.join(f"rejects-{row_ids[0]:09d}-{digest}.parquet"))
 
 
 def _batch_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -98,7 +94,7 @@ def prepare_dataset(
     settings: ProcessorSettings,
     *,
     prompt_only: bool,
-    rejects_dir: str | os.PathLike[str],
+    rejects_dir: str | os.PathLike[str] | Location,
     num_actors: int | None = None,
     cpus_per_actor: float = 1.0,
     rows_per_block: int = DEFAULT_ROWS_PER_BLOCK,
@@ -109,10 +105,10 @@ def prepare_dataset(
     """
     import ray
 
-    rejects_path = Path(rejects_dir)
-    if rejects_path.exists():
-        shutil.rmtree(rejects_path)
-    rejects_path.mkdir(parents=True)
+    rejects_place = place(rejects_dir)
+    rejects_location = location(rejects_place)
+    rejects_location.delete()
+    rejects_location.make_dirs()
     columns = [name for name in _INPUT_COLUMNS if name in rows.columns]
     inputs = rows[columns].copy()
     for name in ("title", "category3_code", "local_image_path", "status"):
@@ -131,11 +127,11 @@ def prepare_dataset(
         fn_constructor_kwargs={
             "settings": settings,
             "prompt_only": prompt_only,
-            "rejects_dir": str(rejects_path),
+            "rejects_dir": rejects_location.uri,
         },
         batch_size=None,
         batch_format="numpy",
         compute=pool,
         num_cpus=cpus_per_actor,
     )
-    return dataset, RejectsLog(directory=rejects_path, input_rows=len(rows))
+    return dataset, RejectsLog(directory=rejects_place, input_rows=len(rows))

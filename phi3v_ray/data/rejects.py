@@ -1,5 +1,7 @@
 """The rejects log of one preparation: every row that did not become an example, with a reason.
 
+The log lives in a local folder or an object-store prefix (phi3v_ray.storage), wherever the prepared data goes.
+
 Preparation never drops a row silently. Actors write reject records as small parquet files while the dataset
 streams, and once it has been consumed the log reconciles the counts (prepared + rejected = input), so a mismatch
 shows up as a loud summary line instead of a quietly smaller training set.
@@ -7,15 +9,19 @@ shows up as a loud summary line instead of a quietly smaller training set.
 
 from __future__ import annotations
 
+import fnmatch
+import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from phi3v_ray.data.places import Place
+from phi3v_ray.storage import Location, location
 
 REJECT_SCHEMA = pa.schema(
     [
@@ -32,6 +38,18 @@ def rejects_table(records: Sequence[dict[str, Any]]) -> pa.Table:
     """Reject records → a table with the fixed reject schema (also for zero records)."""
     columns = {name: [record[name] for record in records] for name in REJECT_SCHEMA.names}
     return pa.Table.from_pydict(columns, schema=REJECT_SCHEMA)
+
+
+def write_rejects(records: Sequence[dict[str, Any]], where: Location) -> None:
+    """Write reject records as one parquet file (local or an object) that appears whole or not at all."""
+    buffer = io.BytesIO()
+    pq.write_table(rejects_table(records), buffer)
+    where.write_bytes(buffer.getvalue())
+
+
+def _read_table(where: Place) -> pa.Table:
+    file = location(where)
+    return pq.read_table(file.path, filesystem=file.filesystem)
 
 
 @dataclass(frozen=True)
@@ -59,17 +77,21 @@ class PrepareSummary:
 class RejectsLog:
     """Where a preparation's rejects are written; readable once the dataset has been consumed."""
 
-    directory: Path
+    directory: Place
     input_rows: int
-    cached_path: Path | None = None
+    cached_path: Place | None = None
 
     def read(self) -> pd.DataFrame:
         """All reject records so far, one per rejected row (retried batches deduplicated), sorted by row id."""
         if self.cached_path is not None:
-            table = pq.read_table(self.cached_path)
+            table = _read_table(self.cached_path)
         else:
-            files = sorted(self.directory.glob("rejects-*.parquet"))
-            table = pa.concat_tables([pq.read_table(f) for f in files]) if files else rejects_table([])
+            files = [
+                file
+                for file, _ in location(self.directory).files()
+                if fnmatch.fnmatchcase(file.name, "rejects-*.parquet")
+            ]
+            table = pa.concat_tables([_read_table(f) for f in files]) if files else rejects_table([])
         frame = table.to_pandas()
         return frame.drop_duplicates("row_id").sort_values("row_id").reset_index(drop=True)
 

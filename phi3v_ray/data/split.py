@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from phi3v_ray.data.catalog import SPLITS_FILE, read_manifest, resolve_image_paths, usable_rows
+from phi3v_ray.data.catalog import (
+    SPLITS_FILE,
+    CatalogDir,
+    read_manifest,
+    read_table,
+    resolve_image_paths,
+    usable_rows,
+    write_table,
+)
 from phi3v_ray.errors import DataError
+from phi3v_ray.storage import location
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 GROUP_KEYS: tuple[str, ...] = ("title", "product_code")
@@ -77,25 +84,25 @@ def assign_splits(
 
 
 def split_catalog(
-    catalog_dir: str | os.PathLike, by: str = "title", ratios: Sequence[float] = (0.8, 0.1, 0.1)
+    catalog_dir: CatalogDir, by: str = "title", ratios: Sequence[float] = (0.8, 0.1, 0.1)
 ) -> pd.DataFrame:
-    """Write `<dir>/splits.parquet`: the manifest's ok rows plus `split`; returns that table."""
+    """Write `<dir>/splits.parquet` (a folder or a bucket prefix): the manifest's ok rows plus `split`.
+
+    The file appears whole or not at all (storage writes), so a reader never sees half a splits table.
+    """
     rows = assign_splits(usable_rows(read_manifest(catalog_dir)), by=by, ratios=ratios)
-    path = Path(catalog_dir) / SPLITS_FILE
-    temporary = path.with_name(path.name + ".part")
-    rows.to_parquet(temporary, index=False)
-    os.replace(temporary, path)
+    write_table(rows, location(catalog_dir).join(SPLITS_FILE))
     return rows
 
 
-def load_split(catalog_dir: str | os.PathLike, split: str) -> pd.DataFrame:
-    """One split's rows from `<dir>/splits.parquet`, with `image_path` (absolute) added next to `local_image_path`."""
+def load_split(catalog_dir: CatalogDir, split: str) -> pd.DataFrame:
+    """One split's rows from `<dir>/splits.parquet`, with `image_path` (absolute path or URI) added."""
     if split not in SPLIT_NAMES:
         raise DataError(f"split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
-    path = Path(catalog_dir) / SPLITS_FILE
+    path = location(catalog_dir).join(SPLITS_FILE)
     if not path.is_file():
         raise DataError(f"{path}: not found; run `phi3v-ray data split {catalog_dir}` first")
-    rows = pd.read_parquet(path)
+    rows = read_table(path)
     if "split" not in rows.columns:
         raise DataError(f"{path}: no `split` column; expected the output of `phi3v-ray data split`")
     if "local_image_path" not in rows.columns:
@@ -107,12 +114,11 @@ def load_split(catalog_dir: str | os.PathLike, split: str) -> pd.DataFrame:
     return chosen
 
 
-def load_split_rows(
-    catalog_dir: str | os.PathLike, split: str, max_examples: int | None = None
-) -> pd.DataFrame:
-    """The rows preparation reads: `local_image_path` made absolute and a `row_id` (position in the split).
+def load_split_rows(catalog_dir: CatalogDir, split: str, max_examples: int | None = None) -> pd.DataFrame:
+    """The rows preparation reads: `local_image_path` made absolute (or a URI) and a `row_id` (position in split).
 
-    Preprocessing actors may run anywhere in the cluster, so they get absolute paths, never dir-relative ones.
+    Preprocessing actors may run anywhere in the cluster, so they get absolute paths or object URIs, never
+    dir-relative ones.
     """
     rows = load_split(catalog_dir, split)
     rows["local_image_path"] = rows["image_path"]

@@ -2,7 +2,9 @@
 
 The content key (not the path) decides whether a checkpoint was already scored: Ray Tune may move or rename trial
 directories, and a checkpoint rewritten in place must be scored again. A checkpoint that cannot be used is returned
-with a reason instead of stopping the whole evaluation.
+with a reason instead of stopping the whole evaluation. A sweep or checkpoint given as a URI is inspected in a local
+cached copy (phi3v_ray.checkpoint.local_checkpoint), and its weights keep their URI, so a predictor actor on another
+node fetches them itself instead of reading the driver's disk.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from phi3v_ray.checkpoint import (
     MODEL_FILES,
     CheckpointMeta,
     base_model_key,
+    local_checkpoint,
     parse_meta,
 )
 from phi3v_ray.config import ModelSection
 from phi3v_ray.errors import CheckpointError
 from phi3v_ray.model.loading import PICKLE_SUFFIXES  # weight files never opened: they unpickle arbitrary code
+from phi3v_ray.storage import is_uri
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class CheckpointInfo:
     path: Path
     meta: CheckpointMeta
     content_key: str
+    uri: str | None = None  # where it is stored when `path` is a local copy of a bucket's checkpoint
 
     @property
     def mode(self) -> str:
@@ -52,6 +57,13 @@ class CheckpointInfo:
     def weights_dir(self) -> Path:
         """adapter/ (LoRA) or model/ (full fine-tune): what a predictor loads."""
         return self.path / self.meta.weights_dir_name
+
+    @property
+    def weights_source(self) -> str:
+        """The weights directory as a predictor anywhere in the cluster can reach it: its URI, else its path."""
+        if self.uri is None:
+            return str(self.weights_dir)
+        return f"{self.uri.rstrip('/')}/{self.meta.weights_dir_name}"
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,7 @@ def content_key(path: Path, meta: CheckpointMeta) -> str:
     return digest.hexdigest()[:32]
 
 
-def _inspect(path: Path, name: str) -> CheckpointInfo | BrokenCheckpoint:
+def _inspect(path: Path, name: str, uri: str | None = None) -> CheckpointInfo | BrokenCheckpoint:
     """Validate one checkpoint directory's meta and layout without loading any weights."""
     try:
         meta = parse_meta(path / META_FILE)
@@ -99,7 +111,7 @@ def _inspect(path: Path, name: str) -> CheckpointInfo | BrokenCheckpoint:
         missing.append("*.safetensors")
     if missing:
         return BrokenCheckpoint(name, path, f"{weights_dir}: missing {', '.join(missing)}")
-    return CheckpointInfo(name, path, meta, content_key(path, meta))
+    return CheckpointInfo(name, path, meta, content_key(path, meta), uri)
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
@@ -125,7 +137,7 @@ def discover_checkpoints(
     broken: list[BrokenCheckpoint] = []
     seen: set[Path] = set()
     for given in paths:
-        root = Path(given)
+        root = local_checkpoint(given)
         if not root.is_dir():
             raise CheckpointError(f"{root}: no such checkpoint or sweep directory")
         directories = _checkpoint_dirs(root)
@@ -138,7 +150,8 @@ def discover_checkpoints(
             seen.add(resolved)
             relative = directory.relative_to(root).as_posix()
             name = root.resolve().name if relative == "." else f"{root.resolve().name}/{relative}"
-            result = _inspect(directory, name)
+            uri = _stored_uri(given, relative)
+            result = _inspect(directory, name, uri)
             (good if isinstance(result, CheckpointInfo) else broken).append(result)
     names = [c.name for c in good] + [b.name for b in broken]
     duplicates = {n for n in names if names.count(n) > 1}
@@ -147,6 +160,14 @@ def discover_checkpoints(
             f"checkpoints with the same name {sorted(duplicates)}: pass their parent directory instead"
         )
     return good, broken
+
+
+def _stored_uri(given: str | os.PathLike[str], relative: str) -> str | None:
+    """The URI of a checkpoint found `relative` below a given URI; None for a local root."""
+    text = os.fspath(given)
+    if not is_uri(text):
+        return None
+    return text.rstrip("/") if relative == "." else f"{text.rstrip('/')}/{relative}"
 
 
 def single_checkpoint(directory: str | os.PathLike[str]) -> CheckpointInfo:

@@ -13,6 +13,7 @@ from typing import Any
 
 from phi3v_ray.config import ExperimentConfig
 from phi3v_ray.errors import ConfigError
+from phi3v_ray.storage import location
 
 
 def checkpoints_model_section(paths: list[str]) -> dict[str, Any]:
@@ -29,6 +30,12 @@ def check_has_checkpoints(config: ExperimentConfig, source: str) -> None:
         raise ConfigError(f"{source}: evaluate.checkpoints is empty; list sweep or checkpoint directories")
 
 
+def default_output_dir(first_checkpoint: str) -> str:
+    """`<first checkpoint path>/evaluation`: beside the checkpoints, in the same bucket when they are in one."""
+    where = location(first_checkpoint)
+    return where.join("evaluation").uri if where.is_remote else str(Path(first_checkpoint) / "evaluation")
+
+
 def run_evaluation(
     config: ExperimentConfig, *, plots: bool = True, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -41,7 +48,7 @@ def run_evaluation(
     from phi3v_ray.ray_session import connect
 
     section = config.evaluate
-    output_dir = Path(section.output_dir or Path(section.checkpoints[0]) / "evaluation")
+    output_dir = section.output_dir or default_output_dir(section.checkpoints[0])
     connect(log_to_driver=False)
     dataset, _rejects = build_prepared_dataset(config, section.split, prompt_only=True)
     trivial = None
@@ -64,7 +71,7 @@ def run_evaluation(
     for broken in result.broken:
         echo(f"BROKEN {broken.name}: {broken.reason}")
     samples = dataset.limit(8).take_all()
-    group = config.wandb.group or Path(section.checkpoints[0]).resolve().name
+    group = config.wandb.group or location(section.checkpoints[0]).name
     run_dir = log_evaluation(
         result.leaderboard,
         result.predictions,

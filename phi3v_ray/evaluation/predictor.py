@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from phi3v_ray.checkpoint import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, model_source
+from phi3v_ray.checkpoint import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, local_checkpoint, model_source
 from phi3v_ray.config import ModelSection
 from phi3v_ray.data.answers import parse_answer
 from phi3v_ray.errors import CheckpointError
@@ -60,7 +60,7 @@ class ContestantSpec:
     @classmethod
     def of_checkpoint(cls, checkpoint: CheckpointInfo) -> ContestantSpec:
         """The contestant a discovered checkpoint plays as: its adapter or model directory, keyed by content."""
-        return cls(checkpoint.name, checkpoint.mode, str(checkpoint.weights_dir), checkpoint.content_key)
+        return cls(checkpoint.name, checkpoint.mode, checkpoint.weights_source, checkpoint.content_key)
 
 
 def base_model_kwargs(base: ModelSection) -> dict[str, Any]:
@@ -186,7 +186,8 @@ class CheckpointPredictor:
                 if spec.kind == "lora":
                     self._load_adapter(spec, f"ckpt{index}")
                 elif spec.kind == "full":
-                    model, _ = load_model(spec.path, dtype=dtype, attention=attention, tokenizer=tokenizer)
+                    weights = str(local_checkpoint(str(spec.path)))  # a URI: copied to this node first
+                    model, _ = load_model(weights, dtype=dtype, attention=attention, tokenizer=tokenizer)
                     self.full_models[spec.name] = model.eval()
                 elif spec.kind != "base":
                     raise CheckpointError(f"{spec.name}: unknown contestant kind {spec.kind!r}")
@@ -199,7 +200,7 @@ class CheckpointPredictor:
         """Add one adapter under its own name; the first one wraps the base in a PeftModel."""
         from peft import PeftModel
 
-        adapter_dir = Path(str(spec.path))
+        adapter_dir = local_checkpoint(str(spec.path))  # a URI: copied to this node first
         check_adapter_fits(adapter_dir, self.model)
         try:
             if self.peft_model is None:

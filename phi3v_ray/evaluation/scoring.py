@@ -4,12 +4,15 @@ Reads top to bottom: discover checkpoints → reuse cached predictions by conten
 the rest (one actor pool per base model) → trivial contestant → metrics → ranked leaderboard, files and plots.
 Predictions are cached per (evaluation inputs, checkpoint content), so a re-run after a sweep grows only scores
 the new checkpoints, and a checkpoint that fails is listed with its reason while the others are still scored.
+An output directory in a bucket is staged locally (pandas, matplotlib and the cache write local files): its cache is
+fetched first, so a re-run reuses it, and everything written is uploaded when the evaluation ends.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from phi3v_ray.evaluation.predictor import (
     base_model_kwargs,
 )
 from phi3v_ray.evaluation.trivial import TRIVIAL_NAME, TrivialPredictor
+from phi3v_ray.storage import Location, download_tree, is_uri, location, upload_tree
 
 TRUTH_COLUMNS = ["product_code", "title", "category", "full_price"]
 
@@ -51,7 +55,7 @@ class EvaluationResult:
     broken: list[BrokenCheckpoint]
     scored_now: list[str]
     reused: list[str]
-    files: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, Path | Location] = field(default_factory=dict)  # Locations for a bucket output_dir
 
     @property
     def markdown(self) -> str:
@@ -144,9 +148,33 @@ def evaluate(
     trivial: TrivialPredictor | None = None,
     plots: bool = True,
 ) -> EvaluationResult:
-    """Score every checkpoint below `checkpoint_paths` on `dataset` (prompt-only prepared rows); write the leaderboard."""
+    """Score every checkpoint below `checkpoint_paths` on `dataset` (prompt-only prepared rows); write the leaderboard
+    to `output_dir`, a local folder or a bucket URI."""
     check_metric_name(settings.primary_metric)
-    output = Path(output_dir)
+    if not is_uri(str(output_dir)):
+        return _evaluate_into(dataset, checkpoint_paths, Path(output_dir), settings, trivial=trivial, plots=plots)
+    target = location(str(output_dir))
+    with tempfile.TemporaryDirectory(prefix="phi3v-evaluation-") as staged:
+        staging = Path(staged)
+        download_tree(target.join("cache"), staging / "cache")
+        result = _evaluate_into(dataset, checkpoint_paths, staging, settings, trivial=trivial, plots=plots)
+        upload_tree(staging, target)  # every file: a re-run may rewrite the leaderboard at the same size
+    result.files = {
+        name: target.join(Path(path).relative_to(staging).as_posix()) for name, path in result.files.items()
+    }
+    return result
+
+
+def _evaluate_into(
+    dataset: Any,
+    checkpoint_paths: list[str],
+    output: Path,
+    settings: EvalSection,
+    *,
+    trivial: TrivialPredictor | None,
+    plots: bool,
+) -> EvaluationResult:
+    """`evaluate` with a local output folder."""
     checkpoints, broken = discover_checkpoints(checkpoint_paths)
     truth = dataset.select_columns(TRUTH_COLUMNS).to_pandas()
     if truth.empty:

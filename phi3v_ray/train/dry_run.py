@@ -9,7 +9,6 @@ rows, labelled as an upper bound because preprocessing may still reject some of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from phi3v_ray.config import ExperimentConfig
 from phi3v_ray.train.schedule import planned_steps, samples_per_step, steps_per_epoch
@@ -26,13 +25,14 @@ class TrainRows:
 
 def count_train_rows(catalog_dir: str, cap: int | None) -> int | None:
     """Training products in the split catalog, or None when it has not been split yet."""
-    import pandas as pd
+    from phi3v_ray.data.catalog import read_table
+    from phi3v_ray.storage import location
 
-    root = Path(catalog_dir)
+    root = location(catalog_dir)  # a local folder or a bucket prefix
     for name in ("splits.parquet", "catalog.parquet", "manifest.parquet"):
-        path = root / name
+        path = root.join(name)
         if path.is_file():
-            frame = pd.read_parquet(path)
+            frame = read_table(path)
             if "split" in frame.columns:
                 rows = int((frame["split"] == "train").sum())
                 return min(rows, cap) if cap else rows

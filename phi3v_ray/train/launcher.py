@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from phi3v_ray.config import ExperimentConfig, check_fits_cluster
 from phi3v_ray.errors import ConfigError
+from phi3v_ray.storage import Location, location
 from phi3v_ray.train.faults import PlantedFailure
 
 
@@ -47,12 +47,41 @@ def check_capacity(config: ExperimentConfig) -> None:
     check_fits_cluster(config, cpus=cpus, gpus=gpus)
 
 
+def storage_location(config: ExperimentConfig) -> Location:
+    """run.storage_path as a storage Location: a bucket URI, or a local path made absolute (Ray Train needs one,
+    and a relative path would be read from each worker's cwd)."""
+    return location(config.run.storage_path)
+
+
 def storage_path(config: ExperimentConfig) -> str:
-    """Absolute storage path: Ray Train needs one, and relative paths are read from the caller's cwd."""
-    path = config.run.storage_path
-    if "://" in path:
-        return path
-    return str(Path(path).expanduser().resolve())
+    """run.storage_path as one string: the URI, or the absolute local path."""
+    return storage_location(config).uri
+
+
+def ray_storage(where: Location) -> dict[str, Any]:
+    """RunConfig arguments for a location: Ray Train/Tune get the path inside the filesystem plus the filesystem.
+
+    A URI must never reach Ray as a bare string path: the endpoint override (MinIO, R2, the tests' emulator) lives
+    only in our filesystem object. Local paths go as before (no filesystem), so local runs behave exactly as they did.
+    """
+    if where.is_remote:
+        return {"storage_path": where.path, "storage_filesystem": where.filesystem}
+    return {"storage_path": where.path}
+
+
+def ray_filesystem(where: Location) -> Any:
+    """The filesystem Tune's restore/analysis calls need beside a path: ours for a bucket, None for a local folder."""
+    return where.filesystem if where.is_remote else None
+
+
+def check_storage_writable(where: Location) -> None:
+    """Write and delete a marker before any trial starts: a missing bucket, missing credentials or access denied
+    surface now as one StorageError naming the URI, not as a failure deep inside a Ray worker."""
+    if not where.is_remote:
+        return
+    marker = where.join(".phi3v-write-check")
+    marker.write_bytes(b"ok")
+    marker.delete()
 
 
 def build_trainer(
@@ -101,7 +130,7 @@ def build_trainer(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=loop_config["storage_path"],
+            **ray_storage(storage_location(config)),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.run.keep_best,
                 checkpoint_score_attribute="val_loss",
@@ -132,6 +161,7 @@ def seal_training_run(
 def fit(config: ExperimentConfig) -> Any:
     """Check capacity, build the prepared datasets, train; returns the ray.train.Result."""
     check_capacity(config)
+    check_storage_writable(storage_location(config))
     from phi3v_ray.data.datasets import build_train_datasets
     from phi3v_ray.ray_session import connect
 

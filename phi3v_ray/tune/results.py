@@ -4,12 +4,14 @@ Tune marks a trial that ASHA stopped exactly like one that ran to the end (TERMI
 driver reports one last result carrying FINISHED_KEY after its TorchTrainer returns; a terminated trial without it
 was stopped early. The best checkpoint is read from the trial's own metric history (Tune holds no checkpoint for
 a Train-backed trial; the paths come from TuneReportCallback's `checkpoint_path`), so it is the checkpoint whose
-validation was best, not merely the last one.
+validation was best, not merely the last one. Train reports a checkpoint as a path inside the storage filesystem
+(`bucket/runs/...` for S3), so checkpoints are looked up through the sweep's storage Location and written as URIs.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from phi3v_ray.storage import Location, location
 
 FINISHED_KEY = "trial_finished"
 CHECKPOINT_KEY = "checkpoint_path"
@@ -55,12 +59,14 @@ class BestPoint:
     validations: int
 
 
-def best_point(history: pd.DataFrame | None, metric: str, mode: str) -> BestPoint:
+def best_point(
+    history: pd.DataFrame | None, metric: str, mode: str, storage: Location | None = None
+) -> BestPoint:
     """Best `metric` in a trial's history, the step it was validated at (`val_step`), and its checkpoint.
 
     A checkpoint reported in the same result as the best validation wins; failing that, the first checkpoint
-    reported at or after that step (the weights that scored it), and only checkpoints still on disk count,
-    because Train deletes all but `keep_best` of them.
+    reported at or after that step (the weights that scored it), and only checkpoints still in storage count,
+    because Train deletes all but `keep_best` of them. `storage` is where the sweep lives (None: a local path).
     """
     if history is None or history.empty or metric not in history:
         return BestPoint(None, None, None, 0)
@@ -71,17 +77,22 @@ def best_point(history: pd.DataFrame | None, metric: str, mode: str) -> BestPoin
     best = scored.loc[best_index]
     step_key = VAL_STEP_KEY if VAL_STEP_KEY in scored else STEP_KEY
     best_step = int(best[step_key]) if step_key in scored and pd.notna(best[step_key]) else None
-    checkpoint = _checkpoint_for(history, best_index, metric, mode)
+    checkpoint = _checkpoint_for(history, best_index, metric, mode, storage)
     # Every report repeats the latest validation; distinct validation steps count the validations themselves.
     validations = int(scored[VAL_STEP_KEY].nunique()) if VAL_STEP_KEY in scored else int(len(scored))
     return BestPoint(float(best[metric]), best_step, checkpoint, validations)
 
 
-def _checkpoint_for(history: pd.DataFrame, best_index: Any, metric: str, mode: str) -> str | None:
-    """The checkpoint of the best row if it still exists, else the best-scoring checkpoint that does."""
+def _checkpoint_for(
+    history: pd.DataFrame, best_index: Any, metric: str, mode: str, storage: Location | None
+) -> str | None:
+    """The checkpoint of the best row if it still exists, else the best-scoring checkpoint that does (as a URI)."""
     if CHECKPOINT_KEY not in history:
         return None
-    with_checkpoint = history[history[CHECKPOINT_KEY].notna() & (history[CHECKPOINT_KEY] != "")]
+    with_checkpoint = history[history[CHECKPOINT_KEY].notna() & (history[CHECKPOINT_KEY] != "")].copy()
+    with_checkpoint[CHECKPOINT_KEY] = [
+        checkpoint_location(str(path), storage).uri for path in with_checkpoint[CHECKPOINT_KEY]
+    ]
     existing = with_checkpoint[[_exists(path) for path in with_checkpoint[CHECKPOINT_KEY]]]
     if existing.empty:
         return None
@@ -96,10 +107,17 @@ def _checkpoint_for(history: pd.DataFrame, best_index: Any, metric: str, mode: s
     return str(existing.iloc[-1][CHECKPOINT_KEY])
 
 
+def checkpoint_location(path: str, storage: Location | None) -> Location:
+    """A checkpoint path as Train reported it (inside the storage filesystem) → its Location, URI included."""
+    if storage is None or not storage.is_remote or "://" in path:
+        return location(path)
+    scheme = storage.uri.split("://", 1)[0]
+    return location(f"{scheme}://{path.lstrip('/')}")
+
+
 def _exists(path: Any) -> bool:
-    """Local checkpoint paths must exist; remote URIs (s3://, gs://) are trusted as reported."""
-    text = str(path)
-    return "://" in text or os.path.isdir(text)
+    """The checkpoint directory (or bucket prefix) is still there: Train deletes all but `keep_best`."""
+    return location(str(path)).is_dir()
 
 
 def trial_row(
@@ -109,12 +127,14 @@ def trial_row(
     mode: str,
     tune_state: str | None = None,
     trial_id: str | None = None,
+    *,
+    storage: Location | None = None,
 ) -> TrialRow:
     """A Tune `Result` → TrialRow: failed if it errored, finished if the driver marked it, interrupted if Tune's
     saved state says it never ended, else stopped early (by the scheduler)."""
     metrics = dict(result.metrics or {})
     trial_id = str(trial_id or metrics.get("trial_id") or Path(result.path).name)
-    best = best_point(result.metrics_dataframe, metric, mode)
+    best = best_point(result.metrics_dataframe, metric, mode, storage)
     if result.error is not None:
         status, reason = FAILED, _error_reason(result.error)
     elif tune_state in UNFINISHED_TUNE_STATES and not metrics.get(FINISHED_KEY):
@@ -198,23 +218,27 @@ def sort_rows(rows: Iterable[TrialRow], mode: str) -> list[TrialRow]:
 
 
 def write_results_csv(
-    rows: Sequence[TrialRow], path: str | os.PathLike[str], hyperparameter_keys: Sequence[str], metric: str
-) -> Path:
-    """Write sweep_results.csv (one line per trial, header = `columns`)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    rows: Sequence[TrialRow],
+    path: str | os.PathLike[str] | Location,
+    hyperparameter_keys: Sequence[str],
+    metric: str,
+) -> Location:
+    """Write sweep_results.csv (one line per trial, header = `columns`), whole, to a local path or a bucket."""
     header = columns(hyperparameter_keys, metric)
-    with target.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header)
-        writer.writeheader()
-        for record in as_records(rows, hyperparameter_keys, metric):
-            writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=header)
+    writer.writeheader()
+    for record in as_records(rows, hyperparameter_keys, metric):
+        writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
+    target = location(path)
+    target.write_text(handle.getvalue())
     return target
 
 
-def read_results_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """sweep_results.csv back as a DataFrame (tests, the demo, evaluation pickers)."""
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+def read_results_csv(path: str | os.PathLike[str] | Location) -> pd.DataFrame:
+    """sweep_results.csv back as a DataFrame (tests, the demo, evaluation pickers), from a local path or a bucket."""
+    data = location(path).read_bytes()
+    return pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=[""])
 
 
 def format_table(rows: Sequence[TrialRow], hyperparameter_keys: Sequence[str], metric: str) -> str:

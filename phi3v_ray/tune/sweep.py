@@ -7,7 +7,8 @@ driver reserves only `tune.trial_driver_cpus`; the workers reserve their own pla
 concurrency is capped by phi3v_ray.tune.resources and not left to Tune.
 
 Layout: `<storage_path>/<tune.name>/` holds Tune's experiment state, one Train run per trial named after the trial
-id (so a restarted trial resumes from its own latest checkpoint), `wandb/` and `sweep_results.csv`.
+id (so a restarted trial resumes from its own latest checkpoint), `wandb/` and `sweep_results.csv`. The storage path
+may be a bucket URI: every location here is a phi3v_ray.storage Location, and Ray gets its path plus its filesystem.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from phi3v_ray.config import ExperimentConfig, config_from_dict
 from phi3v_ray.errors import ConfigError
+from phi3v_ray.storage import Location
 from phi3v_ray.train.faults import PlantedFailure
+from phi3v_ray.train.launcher import check_storage_writable, ray_filesystem, ray_storage, storage_location
 from phi3v_ray.train.schedule import planned_steps
 from phi3v_ray.tune import resources
 from phi3v_ray.tune.results import (
@@ -50,9 +52,9 @@ PREPARED_DATA_KEYS = ("data", "model.num_crops", "model.preset", "model.path", "
 class SweepOutcome:
     """What a sweep left behind: one row per trial, the CSV, the printed table, and how long it took."""
 
-    sweep_dir: Path
+    sweep_dir: Location
     rows: list[TrialRow]
-    results_csv: Path
+    results_csv: Location
     table: str
     keys: list[str]
     resumed: bool
@@ -61,11 +63,10 @@ class SweepOutcome:
     summary_run_id: str | None = None
 
 
-def sweep_directory(config: ExperimentConfig) -> Path:
-    """`<storage_path>/<tune.name>`, absolute (Tune and Train both need absolute local paths)."""
-    from phi3v_ray.train.launcher import storage_path
-
-    return Path(storage_path(config)) / config.tune.name
+def sweep_directory(config: ExperimentConfig) -> Location:
+    """`<storage_path>/<tune.name>`: a bucket prefix or an absolute local folder. Never a Path: `Path("s3://b/x")` is
+    the relative local folder `s3:/b/x`, where a sweep's checkpoints once landed instead of the bucket."""
+    return storage_location(config).join(config.tune.name)
 
 
 def wandb_group(config: ExperimentConfig) -> str:
@@ -75,7 +76,7 @@ def wandb_group(config: ExperimentConfig) -> str:
 
 def wandb_directory(config: ExperimentConfig) -> str:
     """Where every trial's W&B files go: `wandb.dir` if set, else `<sweep dir>/wandb` (one place to read/sync)."""
-    return config.wandb.dir or str(sweep_directory(config) / "wandb")
+    return config.wandb.dir or sweep_directory(config).join("wandb").uri
 
 
 def shares_prepared_data(space: SearchSpace) -> bool:
@@ -90,7 +91,7 @@ def trial_config(
     resolved = space.resolve(base, sampled)
     raw = resolved.to_plain()
     raw["run"]["name"] = trial_id
-    raw["run"]["storage_path"] = str(sweep_directory(base))
+    raw["run"]["storage_path"] = sweep_directory(base).uri
     raw["wandb"]["group"] = wandb_group(base)
     raw["wandb"]["dir"] = wandb_directory(base)
     return config_from_dict(raw, source=f"trial {trial_id}")
@@ -212,9 +213,9 @@ def run_sweep(
     from ray import tune
 
     from phi3v_ray.ray_session import connect
-
     space = parse_search_space(config)
     sweep_dir = sweep_directory(config)
+    check_storage_writable(sweep_dir)
     resuming = _resuming(sweep_dir, resume)
     connect()
     cluster, nodes = resources.live_cluster()
@@ -250,7 +251,8 @@ def run_sweep(
     started = time.perf_counter()
     if resuming:
         tuner = tune.Tuner.restore(
-            str(sweep_dir),
+            sweep_dir.path,
+            storage_filesystem=ray_filesystem(sweep_dir),
             trainable=trainable,
             resume_unfinished=True,
             resume_errored=False,
@@ -265,11 +267,11 @@ def run_sweep(
     )
 
 
-def _resuming(sweep_dir: Path, resume: bool | None) -> bool:
+def _resuming(sweep_dir: Location, resume: bool | None) -> bool:
     """Whether this run resumes the sweep in `sweep_dir`, or a ConfigError when the resume policy forbids both."""
     from ray import tune
 
-    can_restore = tune.Tuner.can_restore(str(sweep_dir))
+    can_restore = tune.Tuner.can_restore(sweep_dir.path, storage_filesystem=ray_filesystem(sweep_dir))
     if resume is True and not can_restore:
         raise ConfigError(f"tune.name: nothing to resume in {sweep_dir} (no Tune experiment state there)")
     if resume is False and can_restore:
@@ -299,19 +301,19 @@ def new_tuner(
         ),
         run_config=tune.RunConfig(
             name=config.tune.name,
-            storage_path=str(sweep_directory(config).parent),
+            **ray_storage(sweep_directory(config).parent),
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=1,
         ),
     )
 
 
-def saved_trial_states(sweep_dir: Path) -> dict[str, tuple[str, str]]:
+def saved_trial_states(sweep_dir: Location) -> dict[str, tuple[str, str]]:
     """trial path → (trial id, state) as Tune saved them (RUNNING/PENDING survive an interrupt there, not in memory)."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        analysis = ExperimentAnalysis(str(sweep_dir))
+        analysis = ExperimentAnalysis(sweep_dir.path, storage_filesystem=ray_filesystem(sweep_dir))
     except Exception:  # noqa: BLE001 - no saved state (e.g. nothing ran): statuses come from results alone
         return {}
     return {os.path.normpath(str(trial.path)): (trial.trial_id, trial.status) for trial in analysis.trials}
@@ -360,11 +362,11 @@ def finish_sweep(
     for result in grid:
         sampled = {key: value for key, value in (result.config or {}).items() if key in space.keys}
         trial_id, state = states.get(os.path.normpath(str(result.path)), (None, None))
-        row = trial_row(result, space.full_sample(sampled), metric, mode, state, trial_id)
+        row = trial_row(result, space.full_sample(sampled), metric, mode, state, trial_id, storage=sweep_dir)
         seal_trial_run(config, space, sampled, row)
         rows.append(row)
     rows = sort_rows(rows, mode)
-    csv_path = write_results_csv(rows, sweep_dir / RESULTS_FILE, space.keys, metric)
+    csv_path = write_results_csv(rows, sweep_dir.join(RESULTS_FILE), space.keys, metric)
     table = format_table(rows, space.keys, metric)
     echo(table)
     echo(f"results: {csv_path}")
