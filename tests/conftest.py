@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -89,6 +90,7 @@ def s3_server():
     """moto's standalone S3 server (ThreadedMotoServer) on loopback, at the endpoint the environment names."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per S3 request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
     server.start()
     yield os.environ["AWS_ENDPOINT_URL"]

@@ -22,7 +22,7 @@ from test_data_fetch import CatalogServer
 
 from phi3v_ray.storage import location
 
-from support.ray_cluster import RAY_BIN, TwoNodeCluster
+from support.ray_cluster import RAY_BIN, WORKER_MARKER, TwoNodeCluster
 from support.ray_cluster import two_node_cluster as start_two_node_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +69,21 @@ def _job(cluster: TwoNodeCluster, *cli: str, timeout: int = 600) -> str:
     return output
 
 
+def _worker_node_sees(cluster: TwoNodeCluster, path: Path) -> bool:
+    """Whether a task placed on the worker node finds `path` (proves the mount namespace is really private)."""
+    probe = (
+        "import os, ray; ray.init(); "
+        f"seen = ray.remote(resources={{{WORKER_MARKER!r}: 1}})(os.path.exists).remote({str(path)!r}); "
+        "print('SEEN=' + str(ray.get(seen)))"
+    )
+    result = subprocess.run(
+        [RAY_BIN, "job", "submit", f"--address={cluster.dashboard_url}", "--", "python", "-c", probe],
+        env=cluster.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return "SEEN=True" in result.stdout
+
+
 def _keys(uri: str) -> list[str]:
     root = location(uri)
     return sorted(where.uri.removeprefix(root.uri + "/") for where, _ in root.files(recursive=True))
@@ -78,6 +93,9 @@ def test_every_stage_runs_from_uris_only_on_nodes_that_share_no_disk(
     private_cluster: TwoNodeCluster, catalog_server, bucket: str, tmp_path: Path
 ) -> None:
     _server, table = catalog_server
+    assert not _worker_node_sees(
+        private_cluster, tmp_path / "source" / "catalog.parquet"
+    )  # the head's disk only
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     source = location(f"{bucket}/source/catalog.parquet")
     buffer = io.BytesIO()
@@ -104,7 +122,7 @@ def test_every_stage_runs_from_uris_only_on_nodes_that_share_no_disk(
     sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
 
     # 1. fetch: Ray tasks on both nodes write the images straight into the bucket.
-    _job(private_cluster, "data", "fetch", source.uri, "--out", catalog, "--allow-private-addresses",
+    _job(private_cluster, "data", "fetch", "--source", source.uri, "--out", catalog, "--allow-private-addresses",
          "--rows-per-task", "8")  # fmt: skip
     manifest = pd.read_parquet(io.BytesIO(location(f"{catalog}/manifest.parquet").read_bytes()))
     assert len(manifest) == PRODUCTS and (manifest["status"] == "ok").all(), manifest["status"].value_counts()
@@ -122,7 +140,9 @@ def test_every_stage_runs_from_uris_only_on_nodes_that_share_no_disk(
     latest = f"{runs}/{checkpoints[-1]}"
     assert location(f"{latest}/adapter/adapter_model.safetensors").is_file()
     # 5. evaluate the run from its URI, leaderboard into the bucket
-    _job(private_cluster, "evaluate", experiment, *sets, "--checkpoints", f"{runs}/nsd", "--output", evaluation)
+    _job(
+        private_cluster, "evaluate", experiment, *sets, "--checkpoints", f"{runs}/nsd", "--output", evaluation
+    )
     board = pd.read_csv(io.BytesIO(location(f"{evaluation}/leaderboard.csv").read_bytes()))
     assert {"trivial", "base"} <= set(board["checkpoint"]) and len(board) >= 3
 
