@@ -27,7 +27,7 @@ from test_data_fetch import CatalogServer, catalog_rows, image_bytes
 from phi3v_ray.data import fetch
 from phi3v_ray.data.fetch import FetchOptions, fetch_catalog
 from phi3v_ray.data.schema import STATUS_OK
-from phi3v_ray.errors import StorageError
+from phi3v_ray.errors import DataError, StorageError
 from phi3v_ray.storage import location
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -181,3 +181,26 @@ def test_a_fetch_into_the_bucket_killed_midway_resumes_without_refetching(
     finally:
         frozen.close()
         fresh.close()
+
+
+def test_a_prefix_holding_another_catalog_is_refused_before_any_download(
+    bucket: str, server: CatalogServer
+) -> None:
+    for code in range(1, 5):
+        server.routes[f"/img/{code}"] = ("image", image_bytes("JPEG"))
+    first = catalog_rows([(code, f"{server.base}/img/{code}", 10.0, f"P{code}") for code in range(1, 5)])
+    out = f"{bucket}/catalog"
+    fetch_catalog(first, out, OPTIONS, use_ray=False, show_progress=False)
+    # The same catalog with one product added resumes (most of its products are the ones already there) ...
+    grown = catalog_rows(
+        [(code, f"{server.base}/img/{min(code, 4)}", 10.0, f"P{code}") for code in range(1, 6)]
+    )
+    assert fetch_catalog(grown, out, OPTIONS, use_ray=False, show_progress=False).reused == 4
+    # ... a different catalog does not: nothing is downloaded and the error names the prefix.
+    served = sum(server.requests.values())
+    other = catalog_rows([(code, f"{server.base}/img/1", 10.0, f"Q{code}") for code in range(50, 55)])
+    with pytest.raises(
+        DataError, match=r"catalog: already holds another catalog \(manifest.parquet lists 5 products, 0"
+    ):
+        fetch_catalog(other, out, OPTIONS, use_ray=False, show_progress=False)
+    assert sum(server.requests.values()) == served

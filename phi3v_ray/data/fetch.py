@@ -303,6 +303,31 @@ def _assemble_manifest(
     return manifest, downloaded, reused
 
 
+def refuse_other_catalog(out: Location, valid_rows: pd.DataFrame) -> None:
+    """Stop before any download when `out` already holds the manifest of a different catalog.
+
+    A rerun of the same catalog (or of an updated one that keeps most products) resumes; a prefix whose manifest
+    shares fewer than half its products with this input belongs to another catalog, and fetching over it would mix
+    two catalogs' images under one manifest.
+    """
+    manifest = out.join(MANIFEST_FILE)
+    if not manifest.is_file():
+        return
+    try:
+        held = pq.read_table(BytesIO(manifest.read_bytes()), columns=["product_code"]).column(0).to_pylist()
+    except (pa.ArrowInvalid, KeyError, OSError) as error:
+        raise DataError(f"{manifest.uri}: exists but is not a readable manifest ({error}); delete it first") from None
+    held_codes = {str(code) for code in held if code is not None}
+    if not held_codes:
+        return
+    shared = len(held_codes & {str(code) for code in valid_rows["product_code"].tolist()})
+    if shared * 2 < len(held_codes):
+        raise DataError(
+            f"{out.uri}: already holds another catalog ({MANIFEST_FILE} lists {len(held_codes)} products, {shared} "
+            "of them in this input); fetch into a new --out, or delete that folder or prefix first"
+        )
+
+
 def fetch_catalog(
     source: str | pd.DataFrame,
     out_dir: Where,
@@ -324,6 +349,7 @@ def fetch_catalog(
     source_name = "dataframe" if isinstance(source, pd.DataFrame) else str(source)
     table = source if isinstance(source, pd.DataFrame) else read_source(source)
     ok, rejects = validate_catalog(table, source=source_name)
+    refuse_other_catalog(out, ok)
     images = out.join(IMAGES_DIR)
     images.make_dirs()  # in a bucket: a missing bucket or denied write fails here, before any download
     partials, stored = scan_images(images)
