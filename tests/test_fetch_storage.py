@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-from test_data_fetch import CatalogServer, catalog_rows, image_bytes
+from test_data_fetch import KILLED_RUN, CatalogServer, catalog_rows, image_bytes
 
 from phi3v_ray.data import fetch
 from phi3v_ray.data.fetch import FetchOptions, fetch_catalog
@@ -122,17 +122,7 @@ def test_a_missing_bucket_is_named_before_any_download(s3_server: str, server: C
     assert sum(server.requests.values()) == 0
 
 
-# The killed run's own timeouts are far longer than the test: its stalled requests can only end by the kill.
-KILLED_RUN = """
-import sys, ray
-from phi3v_ray.data.fetch import FetchOptions, fetch_catalog
-import pandas as pd
-ray.init(address=sys.argv[1], log_to_driver=False)
-fetch_catalog(pd.read_parquet(sys.argv[2]), sys.argv[3],
-              FetchOptions(read_timeout_s=3600, threads_per_task=2, rows_per_task=4, task_cpus=0.5,
-                           allow_private_addresses=True),
-              show_progress=False)
-"""
+# The killed run's script is test_data_fetch's (same child process, here writing into the bucket).
 ANSWERED_BEFORE_KILL = 6
 
 
