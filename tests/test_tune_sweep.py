@@ -234,9 +234,14 @@ def test_failed_and_killed_trials_leave_complete_wandb_runs(ray_local, catalog: 
     assert raised.config["finetune"]["rank"] == 4
     killed_id = next(row.trial_id for row in outcome.rows if row.hyperparameters["finetune.rank"] == 8)
     # Every checkpoint is a report to Ray; the history reaches at least the last one (the kill came after it).
-    saved_steps = [int(path.name.split("_")[-1]) for path in (sweep_dir / killed_id).glob("checkpoint_*")]
+    saved_steps = [int(path.name.split("_")[-1]) for path in _checkpoint_dirs(sweep_dir / killed_id)]
     assert max(_steps(killed_run, "train/loss")) >= max(saved_steps) >= 2
     assert killed_run.summary["trial/end_state"] == FAILED
+
+
+def _checkpoint_dirs(trial_dir: Path) -> list[Path]:
+    """Only `checkpoint_NNNNNN/` folders: Ray also keeps `checkpoint_manager_snapshot.json`-style files there."""
+    return sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir() and p.name.split("_")[-1].isdigit())
 
 
 def _finished_trials(sweep_dir: Path) -> int:
@@ -295,9 +300,7 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(ray_local, catalog: P
     first = read_results_csv(sweep_dir / "sweep_results.csv")
     done_before = set(first.loc[first["status"] == FINISHED, "trial_id"])
     assert len(done_before) == 1 and "interrupted" in set(first["status"])
-    checkpoints_before = {
-        t: sorted(p.name for p in (sweep_dir / t).glob("checkpoint_*")) for t in done_before
-    }
+    checkpoints_before = {t: [p.name for p in _checkpoint_dirs(sweep_dir / t)] for t in done_before}
     runs_before = {t: len(list((sweep_dir / "wandb").rglob(f"offline-run-*-{t}"))) for t in done_before}
 
     outcome = run_sweep(config, resume=True)
@@ -307,9 +310,6 @@ def test_interrupted_sweep_resumes_only_the_missing_trials(ray_local, catalog: P
     table = read_results_csv(outcome.results_csv)
     assert set(table["trial_id"]) >= done_before and len(table) == 2
     for trial_id in done_before:  # not rerun: no new checkpoint, no second W&B run folder
-        assert (
-            sorted(p.name for p in (sweep_dir / trial_id).glob("checkpoint_*"))
-            == checkpoints_before[trial_id]
-        )
+        assert [p.name for p in _checkpoint_dirs(sweep_dir / trial_id)] == checkpoints_before[trial_id]
         assert len(list((sweep_dir / "wandb").rglob(f"offline-run-*-{trial_id}"))) == runs_before[trial_id]
     assert pd.Series([r.best_checkpoint for r in outcome.rows]).map(lambda p: Path(p).is_dir()).all()
