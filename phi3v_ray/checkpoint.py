@@ -48,14 +48,24 @@ class CheckpointMeta(BaseModel):
 
     format: Literal["phi3v-ray-checkpoint/1"] = FORMAT
     mode: Mode
-    base_model: ModelSection = Field(description="the base the weights were trained on (full: what it started from)")
-    experiment: dict[str, Any] = Field(default_factory=dict, description="ExperimentConfig.to_plain() of the run")
+    base_model: ModelSection = Field(
+        description="the base the weights were trained on (full: what it started from)"
+    )
+    experiment: dict[str, Any] = Field(
+        default_factory=dict, description="ExperimentConfig.to_plain() of the run"
+    )
     step: int = Field(ge=0)
     epoch: int = Field(0, ge=0)
     metrics: dict[str, float] = Field(default_factory=dict)
     trial: str | None = None
     base_fingerprint: str | None = Field(
-        None, description="sha256 of sampled base tensors (LoRA): proves the adapter meets the base it trained on"
+        None,
+        description="sha256 of sampled base tensors (LoRA): proves the adapter meets the base it trained on",
+    )
+    base_path_in_storage: str | None = Field(
+        None,
+        description="base_model.path relative to run.storage_path, when both were local folders: the checkpoint "
+        "still finds its base after the whole tree (runs and base) moves",
     )
 
     @property
@@ -91,9 +101,39 @@ def parse_meta(path: str | Path) -> CheckpointMeta:
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}")
     try:
-        return CheckpointMeta.model_validate(raw)
+        meta = CheckpointMeta.model_validate(raw)
     except ValidationError as error:
         raise CheckpointError(_validation_message(error, path)) from None
+    return _with_reachable_base(meta, path)
+
+
+def storage_relative_base(base: ModelSection, storage_path: str) -> str | None:
+    """`base.path` relative to the run's storage folder when both are local and the base is a folder (else None),
+    recorded in meta.json so that moving runs and base together does not break the checkpoint."""
+    if not base.path or is_uri(base.path) or is_uri(storage_path) or not Path(base.path).is_dir():
+        return None
+    # Both made absolute from the same cwd: their relation holds whatever the cwd of this process is.
+    return os.path.relpath(os.path.abspath(base.path), os.path.abspath(storage_path))
+
+
+def _with_reachable_base(meta: CheckpointMeta, meta_path: Path) -> CheckpointMeta:
+    """The meta with base_model.path pointing at a folder that exists here; a base that moved with the checkpoint's
+    storage is found again through base_path_in_storage. CheckpointError names the file to fix when it is gone."""
+    recorded = meta.base_model.path
+    if not recorded or is_uri(recorded) or Path(recorded).exists():
+        return meta
+    if not meta.base_path_in_storage and not os.path.isabs(recorded):
+        return meta  # a hub id (org/name) is not a local path; the loader resolves it
+    if meta.base_path_in_storage:
+        for storage in Path(os.path.abspath(meta_path)).parent.parents:
+            candidate = storage / meta.base_path_in_storage
+            if (candidate / "config.json").is_file():
+                moved = meta.base_model.model_copy(update={"path": str(candidate.resolve())})
+                return meta.model_copy(update={"base_model": moved})
+    raise CheckpointError(
+        f"{meta_path}: base_model.path {recorded}: no such folder, so the base model these weights belong to cannot "
+        f"be found; move it back or fix base_model.path in this file"
+    )
 
 
 def checkpoint_cache_root() -> Path:
@@ -137,6 +177,45 @@ def write_meta(directory: str | Path, meta: CheckpointMeta) -> Path:
     path = Path(directory) / META_FILE
     path.write_text(json.dumps(meta.model_dump(mode="json"), indent=2))
     return path
+
+
+# ---- an exported model (phi3v-ray export): the official layout, no meta.json ------------------------------------
+EXPORT_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors")
+
+
+def is_exported_model_dir(directory: str | Path) -> bool:
+    """A model directory in the official layout (config.json + safetensors) without meta.json: an export."""
+    directory = Path(directory)
+    return (
+        not (directory / META_FILE).is_file()
+        and (directory / "config.json").is_file()
+        and any((directory / name).is_file() for name in EXPORT_WEIGHT_FILES)
+    )
+
+
+def exported_model_meta(directory: str | Path) -> CheckpointMeta:
+    """The meta an export plays under in evaluate/predict: a full model that is its own base (dtype and num_crops
+    from its config.json and preprocessor_config.json)."""
+    directory = Path(directory)
+    settings: dict[str, Any] = {}
+    for name in ("config.json", "preprocessor_config.json"):
+        path = directory / name
+        if path.is_file():
+            try:
+                settings.update(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    dtype = settings.get("torch_dtype", "float32")
+    try:
+        base = ModelSection(
+            preset=None,
+            path=str(directory),
+            dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "float32",
+            num_crops=settings.get("num_crops", 16),
+        )
+    except ValidationError as error:
+        raise CheckpointError(_validation_message(error, directory / "config.json")) from None
+    return CheckpointMeta(mode="full", base_model=base, step=0)
 
 
 # ---- the base model a checkpoint needs ---------------------------------------------------------------------------

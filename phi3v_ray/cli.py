@@ -21,6 +21,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("tune",), "tune"),
     (("evaluate",), "evaluate"),
     (("predict",), "predict"),
+    (("export",), "export"),
     (("demo",), "demo"),
     (("cluster", "check"), "cluster_check"),
 )
@@ -36,9 +37,20 @@ typical flow:
   phi3v-ray data synth --rows 3040 --out data/sample
   phi3v-ray data split data/sample
   phi3v-ray train experiments/demo.yaml --dry-run
-  phi3v-ray tune experiments/demo.yaml
-  phi3v-ray evaluate experiments/demo.yaml
+  phi3v-ray tune experiments/demo.yaml --set tune.max_concurrent_trials=1   # 1 at once fits 2 cores
+  phi3v-ray evaluate experiments/demo.yaml --checkpoints runs/demo-sweep
+  phi3v-ray predict --checkpoint runs/demo-sweep photo.jpg
 """
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the hand-wrapped descriptions and examples, and appends "(default: X)" to every flag that has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 class _BrokenCommand:
@@ -70,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="phi3v-ray",
         description="Fine-tune Phi-3-Vision on product photos with Ray: data, training, sweeps, evaluation.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    from phi3v_ray import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, module_name in COMMANDS:
@@ -89,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
             words[-1],
             help=module.HELP,
             description=module.DESCRIPTION,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)
@@ -101,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from phi3v_ray.errors import RenamedSettingWarning, UserError
 
     _print_as_one_line(RenamedSettingWarning)
+    _quiet_known_noise()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -114,6 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_known_noise() -> None:
+    """Library notices a user cannot act on are shown once per command, or not at all when they are pure noise."""
+    import warnings
+
+    # Other warnings still show, but the same text only once per command (not once per call site or batch).
+    for category in (UserWarning, FutureWarning):
+        warnings.filterwarnings("once", category=category)
+    # transformers deprecates a name it calls itself on every model load; nothing in this project uses it.
+    warnings.filterwarnings(
+        "ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning
+    )
 
 
 def _print_as_one_line(category: type[Warning]) -> None:

@@ -174,6 +174,12 @@ class DataSection(Section):
     max_eval_examples: int | None = Field(None, ge=1)
     length_grouping: bool = True
     preprocess_cpus: float = Field(1.0, gt=0)
+    max_example_tokens: int = Field(
+        4096,
+        ge=64,
+        description="longest prepared example (prompt, image tokens and answer); longer rows go to rejects.parquet "
+        "as `too_long`. Must not exceed the model's max_position_embeddings (4096 is under both presets')",
+    )
     materialize_mb: float = Field(
         1024,
         ge=0,
@@ -186,6 +192,17 @@ class DataSection(Section):
         description="a Train worker keeps its train/val shard in memory after one full pass when it fits under "
         "this size, so later epochs and validations skip re-reading (0 = always stream)",
     )
+
+    @field_validator("ratios", mode="before")
+    @classmethod
+    def _ratios_from_text(cls, value: Any) -> Any:
+        """`--set data.ratios=0.8,0.1,0.1` reads like `data split --ratios 0.8,0.1,0.1`: one syntax everywhere."""
+        if isinstance(value, str) and "," in value:
+            try:
+                return [float(part) for part in value.split(",")]
+            except ValueError:
+                return value  # the type check reports it with the value as given
+        return value
 
     @field_validator("ratios")
     @classmethod
@@ -215,7 +232,14 @@ class EvalSection(Section):
     """Batch evaluation of checkpoints on held-out products (phi3v-ray evaluate)."""
 
     checkpoints: list[str] = Field(default_factory=list, description="sweep dirs or checkpoint dirs")
-    split: Literal["train", "val", "test"] = "test"
+    split: Literal["train", "val", "test"] = Field(
+        "test", description="split whose figures are reported (and ranked on, unless select_on names another)"
+    )
+    select_on: Literal["train", "val", "test"] | None = Field(
+        None,
+        description="split that ranks the contestants; the chosen checkpoint is then scored once on `split`, so "
+        "the reported figures play no part in the choice (None: rank on `split` itself)",
+    )
     batch_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(48, ge=1)
     primary_metric: str = "category_accuracy"
@@ -304,6 +328,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     result = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
+        if path[:2] == ["tune", "search_space"] and len(path) > 3:
+            # Search-space keys are themselves dotted config keys: `tune.search_space.optim.lr=...` sets "optim.lr".
+            path = [*path[:2], ".".join(path[2:])]
         node = result
         for part in path[:-1]:
             child = node.setdefault(part, {})

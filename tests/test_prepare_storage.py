@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from phi3v_ray.config import ExperimentConfig
@@ -82,6 +83,30 @@ def test_split_in_a_bucket_gives_object_uris_that_decode(catalog_uri: str, local
     )  # a reject, never a raise
 
 
+def test_prefetched_objects_decode_exactly_as_a_direct_read_and_in_row_order(catalog_uri: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    train, val = load_split_rows(catalog_uri, "train"), load_split_rows(catalog_uri, "val")
+    uris = list(train["local_image_path"].head(6))
+    deleted = val["local_image_path"].iloc[0]
+    local = str(Path(__file__))  # a local path is never prefetched: PIL reads it lazily
+    paths = [*uris, deleted, None, local]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        fetches = images.prefetch_image_sources(paths, pool)
+        sources = [None if fetch is None else fetch.result() for fetch in fetches]
+    assert sources[-2:] == [None, None]
+    for uri, source in zip(
+        uris, sources, strict=False
+    ):  # order kept: each source holds its own object's bytes
+        opened, size = source
+        assert opened.getvalue() == location(uri).read_bytes() and size == len(opened.getvalue())
+        direct, ahead = images.decode_image(uri), images.decode_image(uri, source=source)
+        assert ahead.ok and list(ahead.image.getdata()) == list(direct.image.getdata())
+    missing = sources[len(uris)]
+    assert isinstance(missing, images.DecodedImage) and missing.reason == images.REASON_MISSING
+    assert deleted in missing.detail
+
+
 def test_fingerprint_uses_the_bucket_listing_and_changes_when_an_object_changes(catalog_uri: str) -> None:
     rows = load_split_rows(catalog_uri, "train").head(3)
     first = prepared.catalog_fingerprint(rows)
@@ -111,6 +136,13 @@ def test_prepare_reads_the_bucket_writes_the_bucket_and_a_rerun_reuses_it(
     ).is_file()
     assert prepared.count_parquet_rows(entry.examples_dir) == summary.prepared
     assert entry.read_rejects()["reason"].tolist() == [images.REASON_MISSING]
+    for file, _ in location(
+        entry.examples_dir
+    ).files():  # zstd: half the bytes of parquet's default to upload
+        with file.filesystem.open_input_file(file.path) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+            codecs = {metadata.row_group(0).column(i).compression for i in range(metadata.num_columns)}
+        assert codecs == {"ZSTD"}, (file, codecs)
 
     again, again_summary, reused_again = write_prepared_split(config, "val", prompt_only=False)
     assert reused_again and again.directory == entry.directory and again_summary == summary

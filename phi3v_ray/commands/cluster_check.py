@@ -38,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
     """Print what was checked; problems go to stderr as one line each and make the exit status 2."""
     import logging
 
+    from phi3v_ray.commands.arguments import check_experiment_file, check_input_file
+
+    check_input_file(args.cluster_file, "cluster", "a Ray cluster launcher YAML, e.g. cluster.yaml")
+    for experiment_path in args.experiment:
+        check_experiment_file(experiment_path)  # before Ray is imported: a typo fails at once
+
     import ray
 
     from phi3v_ray.cluster import load_cluster_yaml, node_types, placeholders, validate_cluster_config

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from phi3v_ray.commands.data_flags import positive_number, whole_number
+
 HELP = "download a catalog's images (hub dataset, parquet or CSV) in parallel, resumably"
 DESCRIPTION = """\
 Read a product catalog with the 17 Burberry columns, check every row, and download the images in parallel on Ray
@@ -40,23 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="catalog directory or URI (s3://bucket/prefix) to write manifest.parquet and images/ into",
     )
-    parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to connect (default 5)")
     parser.add_argument(
-        "--read-timeout", type=float, default=20.0, help="seconds to wait for data (default 20)"
+        "--connect-timeout", type=positive_number, default=5.0, help="seconds to connect (default 5)"
+    )
+    parser.add_argument(
+        "--read-timeout", type=positive_number, default=20.0, help="seconds to wait for data (default 20)"
     )
     parser.add_argument(
         "--retries",
-        type=int,
+        type=whole_number(0),
         default=3,
         help="extra attempts after timeouts, connection errors, 5xx (default 3)",
     )
     parser.add_argument(
-        "--max-mb", type=float, default=25.0, help="largest image accepted, in MB (default 25)"
+        "--max-mb", type=positive_number, default=25.0, help="largest image accepted, in MB (default 25)"
     )
     parser.add_argument(
-        "--threads", type=int, default=16, help="concurrent requests per Ray task (default 16)"
+        "--threads", type=whole_number(1), default=16, help="concurrent requests per Ray task (default 16)"
     )
-    parser.add_argument("--rows-per-task", type=int, default=64, help="images per Ray task (default 64)")
+    parser.add_argument(
+        "--rows-per-task", type=whole_number(1), default=64, help="images per Ray task (default 64)"
+    )
     parser.add_argument(
         "--allow-private-addresses",
         action="store_true",
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from phi3v_ray.storage import location
 
     location(args.out)  # a misspelled location (file://host/x, s3a://...) is refused before Ray starts
+    _check_inputs(args.source, args.out)
 
     options = FetchOptions(
         connect_timeout_s=args.connect_timeout,
@@ -86,3 +93,33 @@ def run(args: argparse.Namespace) -> int:
     summary = fetch_catalog(args.source, args.out, options)
     print("\n".join(summary.lines()))
     return 0
+
+
+def _check_inputs(source: str, out: str) -> None:
+    """Refuse a bad --out or --source before Ray starts (8 s): a file as --out, a missing, empty or folder --source,
+    a table without the catalog columns, or an --out that holds another catalog's (or an unreadable) manifest."""
+    from pathlib import Path
+
+    from phi3v_ray.data.inputs import check_directory_target
+    from phi3v_ray.errors import DataError
+    from phi3v_ray.storage import is_uri, location
+
+    check_directory_target(out, "--out")
+    local = Path(source)
+    if not is_uri(source) and local.is_dir():
+        raise DataError(
+            f"--source {source}: is a directory; expected a .parquet or .csv file or a hub dataset id"
+        )
+    if not is_uri(source) and local.is_file() and local.stat().st_size == 0:
+        raise DataError(f"--source {source}: is empty (0 bytes); expected a .parquet or .csv catalog")
+    if is_uri(source) or local.exists() or source.lower().endswith((".parquet", ".csv")):
+        from phi3v_ray.data.fetch import read_source, refuse_other_catalog
+        from phi3v_ray.data.schema import require_columns
+
+        table = read_source(source)  # read again by the fetch itself: cheap next to the downloads it guards
+        require_columns(table, source)
+        if table.empty:
+            raise DataError(
+                f"--source {source}: has the catalog columns but no rows; expected at least one product"
+            )
+        refuse_other_catalog(location(out), table)

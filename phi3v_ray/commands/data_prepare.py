@@ -16,8 +16,11 @@ bucket and write the parquet back to it; an entry counts only once its meta.json
 prepare is redone on the next run and a finished split is never redone. `train`, `tune` and `evaluate` read
 an entry whose key matches instead of preprocessing again, so a sweep's trials share one preprocessing pass.
 
-Rows that cannot be used (missing, truncated or corrupt images, pixel bombs, unusable prices or titles) go to
-rejects.parquet in the same folder with a reason; the summary shows input = prepared + rejected.
+Rows that cannot be used (missing, truncated or corrupt images, pixel bombs, unusable prices or titles, examples
+longer than data.max_example_tokens, 4096 by default: reason `too_long`) go to rejects.parquet in the same folder
+with a reason; the summary shows input = prepared + rejected.
+
+The catalog folder, its splits.parquet, the model and the tokenizer are checked before Ray starts.
 
 Train and val are written with answers in the labels; test (and --prompt-only) without the answer in the input,
 for evaluation.
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         args, [f"data.catalog_dir={args.catalog}"] if args.catalog else [], source="--catalog"
     )
     splits = _splits(args.splits)
+    _check_inputs(config, "--catalog" if args.catalog else f"{args.experiment}: data.catalog_dir")
     connect(include_dashboard=False, log_to_driver=False)
     failures = 0
     for split in splits:
@@ -89,6 +93,19 @@ def run(args: argparse.Namespace) -> int:
             if summary.rejected:
                 print(f"[prepare] {label}: reasons per row in {entry.rejects_path}")
     return 1 if failures else 0
+
+
+def _check_inputs(config, label: str) -> None:  # noqa: ANN001 - ExperimentConfig, imported lazily
+    """Everything that can be wrong with the inputs, found before Ray starts (8 s): the catalog folder, its
+    splits.parquet (missing, empty, not parquet, a folder), the model, tokenizer and data.max_example_tokens."""
+    from phi3v_ray.data.examples import processor_settings
+    from phi3v_ray.data.inputs import check_catalog_dir, check_parquet_file
+    from phi3v_ray.data.split import SPLITS_FILE
+
+    catalog = config.data.catalog_dir
+    directory = check_catalog_dir(catalog, label)
+    check_parquet_file(directory.join(SPLITS_FILE), hint=f"run `phi3v-ray data split {catalog}` first")
+    processor_settings(config)
 
 
 def _splits(text: str) -> list[str]:

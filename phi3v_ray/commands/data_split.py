@@ -12,7 +12,8 @@ never move existing rows.
 
 --by title (default) keeps all colourways of one product (they share a title) in the same split;
 --by product_code splits every product code on its own.
-Writes DIR/splits.parquet and prints per-split counts and the category distribution.
+Writes DIR/splits.parquet and prints per-split counts, the category distribution, and how many manifest rows it
+left out because their image is not ok (by status).
 
 DIR may be a local folder or an object-store prefix (s3://bucket/catalog, gs://...); split rows then name their
 images by URI, so preparation on any node reads them from the bucket. The S3 endpoint (MinIO, R2) and credentials
@@ -36,10 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Split, write, report."""
-    from phi3v_ray.data.split import parse_ratios, split_catalog, split_report
+    """Split, write, report (with the manifest rows left out because their image is not ok)."""
+    from phi3v_ray.data.split import parse_ratios, split_catalog_counted, split_report
 
-    rows = split_catalog(args.dir, by=args.by, ratios=parse_ratios(args.ratios))
-    print(f"wrote {len(rows)} rows to {args.dir}/splits.parquet (grouped by {args.by})")
+    ratios = parse_ratios(args.ratios)
+    rows, left_out = split_catalog_counted(args.dir, by=args.by, ratios=ratios)
+    line = f"wrote {len(rows)} rows to {args.dir}/splits.parquet (grouped by {args.by})"
+    if left_out:
+        kinds = ", ".join(
+            f"{kind} {count}" for kind, count in sorted(left_out.items(), key=lambda kv: -kv[1])
+        )
+        line += f"; left out {sum(left_out.values())} whose image status is not ok ({kinds})"
+    print(line)
     print("\n".join(split_report(rows)))
     return 0

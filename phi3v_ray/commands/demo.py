@@ -27,18 +27,22 @@ Re-running with the same --out reuses finished stages.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Output folder and the few sizes worth changing."""
-    parser.add_argument("--out", default="demo-output", help="where everything goes (default: ./demo-output)")
-    parser.add_argument("--rows", type=int, default=900, help="products in the sample catalog (default 900)")
-    parser.add_argument("--trials", type=int, default=4, help="sweep trials (default 4)")
-    parser.add_argument("--concurrent", type=int, default=2, help="trials running at once (default 2)")
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per trial (default 200)")
+    from phi3v_ray.commands.arguments import positive_int
+
+    parser.add_argument("--out", default="demo-output", help="directory where everything goes")
+    parser.add_argument("--rows", type=positive_int, default=900, help="products in the sample catalog")
+    parser.add_argument("--trials", type=positive_int, default=4, help="sweep trials")
+    parser.add_argument("--concurrent", type=positive_int, default=2, help="trials running at once")
+    parser.add_argument("--steps", type=positive_int, default=200, help="optimizer steps per trial")
     add_set_argument(parser, example="tune.num_samples=2")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 when the best checkpoint beats the trivial predictor on category accuracy."""
+    from phi3v_ray.commands.arguments import check_output_dir
     from phi3v_ray.demo.run import DemoPlan, run_demo, verdict
 
+    check_output_dir(args.out, "--out")
     plan = DemoPlan(
         out_dir=Path(args.out),
         rows=args.rows,
@@ -47,7 +51,18 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.steps,
         extra_overrides=list(args.overrides),
     )
-    outcome = run_demo(plan)
+    existed = plan.out_dir.exists()
+    try:
+        outcome = run_demo(plan)
+    except BaseException:
+        _remove_if_left_empty(plan.out_dir, existed)
+        raise
     message, learned = verdict(outcome["evaluation"]["leaderboard"])
     print(message)
     return 0 if learned else 1
+
+
+def _remove_if_left_empty(out_dir: Path, existed: bool) -> None:
+    """A run that fails before writing anything must not leave behind the empty --out directory it created."""
+    if not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()

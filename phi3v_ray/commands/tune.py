@@ -27,12 +27,14 @@ run.storage_path may be a bucket (s3://bucket/runs): checkpoints, results and W&
 A search space naming an unknown key or a value the config rejects fails before any trial starts. Run the same
 command again after an interruption (Ctrl-C, lost driver) to finish the missing trials; finished ones are kept.
 
-exit status: 0 every trial finished or was stopped early, 1 some trial failed, 130 interrupted (resumable).
+exit status: 0 every trial finished or was stopped early, 1 some trial failed, 2 bad input (or --dry-run finds the
+sweep not runnable on this machine), 130 interrupted (resumable).
 
 examples:
   phi3v-ray tune experiments/demo.yaml --dry-run
   phi3v-ray tune experiments/demo.yaml --set tune.num_samples=8 --set tune.scheduler=fifo
 """
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Experiment file, `--set` overrides, resume policy and the dry-run switch."""
@@ -45,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     policy.add_argument("--resume", action="store_true", help="require an interrupted sweep to resume")
     policy.add_argument("--fresh", action="store_true", help="refuse to touch an existing sweep directory")
     parser.add_argument(
-        "--dry-run", action="store_true", help="validate the search space and print the plan; start nothing"
+        "--dry-run",
+        action="store_true",
+        help="validate the search space and print the plan; start nothing (exit 2 when it cannot run here)",
     )
 
 
@@ -58,10 +62,14 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from phi3v_ray.tune.plan import local_capacity_note, plan_text
 
-        print(plan_text(config, space, local_capacity_note(config)))
-        return 0
+        note = local_capacity_note(config)
+        print(plan_text(config, space, note))
+        return 2 if "not runnable" in note else 0  # a plan that cannot start here is not a success
 
+    from phi3v_ray.commands.train import check_training_data
     from phi3v_ray.tune.results import FAILED, INTERRUPTED
+
+    check_training_data(config)
     from phi3v_ray.tune.sweep import run_sweep
 
     resume = True if args.resume else (False if args.fresh else None)

@@ -12,10 +12,11 @@ import os
 from pathlib import PurePosixPath
 
 import pandas as pd
+import pyarrow as pa
 
 from phi3v_ray.data.schema import BURBERRY_COLUMNS, MANIFEST_EXTRA_COLUMNS, STATUS_OK, is_missing
 from phi3v_ray.errors import DataError
-from phi3v_ray.storage import Location, is_uri, location, require_bucket
+from phi3v_ray.storage import Location, explain, is_uri, location, require_bucket
 
 MANIFEST_FILE = "manifest.parquet"
 SPLITS_FILE = "splits.parquet"
@@ -24,9 +25,19 @@ IMAGES_DIR = "images"
 CatalogDir = str | os.PathLike[str] | Location
 
 
-def read_table(where: Location) -> pd.DataFrame:
-    """A parquet file (local or an object) as a DataFrame, read through its own filesystem."""
-    return pd.read_parquet(where.path, filesystem=where.filesystem)
+def read_table(where: Location, expected: str = "a parquet table") -> pd.DataFrame:
+    """A parquet file (local or an object) as a DataFrame; a 0-byte or non-parquet file is a one-line DataError."""
+    try:
+        return pd.read_parquet(where.path, filesystem=where.filesystem)
+    except (pa.ArrowInvalid, ValueError) as error:  # 0 bytes, not parquet, a truncated footer
+        if where.info().size == 0:
+            raise DataError(f"{where}: is empty (0 bytes); expected {expected}") from None
+        detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise DataError(f"{where}: not a readable parquet file ({detail}); expected {expected}") from None
+    except OSError as error:
+        if where.is_remote:
+            raise explain(error, where.uri) from None
+        raise DataError(f"{where}: cannot be read ({error}); expected {expected}") from None
 
 
 def write_table(frame: pd.DataFrame, where: Location) -> None:
@@ -40,12 +51,16 @@ def read_manifest(catalog_dir: CatalogDir) -> pd.DataFrame:
     """Every row of `<dir>/manifest.parquet` (status and image path included); a DataError names what is missing."""
     path = location(catalog_dir).join(MANIFEST_FILE)
     if not path.is_file():
+        if path.is_dir():
+            raise DataError(
+                f"{path}: is a directory; expected the parquet file `data synth` or `data fetch` writes"
+            )
         require_bucket(path)
         raise DataError(
             f"{path}: not found; expected a catalog dir made by `phi3v-ray data synth` or `phi3v-ray data fetch`"
             + _what_is_there(path.parent)
         )
-    manifest = read_table(path)
+    manifest = read_table(path, "the manifest `phi3v-ray data synth` or `phi3v-ray data fetch` writes")
     missing = [c for c in (*BURBERRY_COLUMNS, *MANIFEST_EXTRA_COLUMNS) if c not in manifest.columns]
     if missing:
         raise DataError(

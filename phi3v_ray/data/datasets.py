@@ -197,7 +197,7 @@ def _compute_into(config: ExperimentConfig, plan: SplitPlan, scratch: Place) -> 
     )
     examples = location(below(scratch, "examples"))
     dataset.map_batches(prepared.encode_examples, batch_format="numpy", batch_size=None).write_parquet(
-        examples.path, filesystem=examples.filesystem
+        examples.path, filesystem=examples.filesystem, **prepared.EXAMPLE_COMPRESSION
     )
     summary = rejects.summary(prepared.count_parquet_rows(examples))
     buffer = io.BytesIO()

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from phi3v_ray.data.images import DEFAULT_MAX_PIXELS, decode_image
+from phi3v_ray.data.images import DEFAULT_MAX_PIXELS, ImageSource, decode_image
 from phi3v_ray.data.schema import is_missing, parse_product_code
-from phi3v_ray.errors import DataError
+from phi3v_ray.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from phi3v_ray.config import ExperimentConfig
@@ -29,6 +29,8 @@ REASON_NOT_FETCHED = "not_fetched"
 REASON_BAD_PRODUCT_CODE = "bad_product_code"
 REASON_BAD_GROUND_TRUTH = "bad_ground_truth"
 REASON_ENCODE_ERROR = "encode_error"
+# More tokens than data.max_example_tokens: one such row can exhaust a training worker's memory.
+REASON_TOO_LONG = "too_long"
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class ProcessorSettings:
     image_token_id: int
     max_pixels: int = DEFAULT_MAX_PIXELS
     tokenizer_fingerprint: str = ""
+    max_example_tokens: int | None = None  # None: no limit (library callers); configs always set one
 
     def build_processor(self) -> Phi3VProcessor:
         """Load the tokenizer and construct the processor (once per actor)."""
@@ -71,6 +74,12 @@ def processor_settings(config: ExperimentConfig) -> ProcessorSettings:
 
     model = config.model
     model_config = load_config(model.path) if model.path else Phi3VConfig.preset(model.preset or "tiny")
+    positions = int(model_config.text_config.max_position_embeddings)
+    if config.data.max_example_tokens > positions:
+        raise ConfigError(
+            f"data.max_example_tokens: {config.data.max_example_tokens} is more than the model's "
+            f"{positions} positions (max_position_embeddings); expected at most {positions}"
+        )
     tokenizer_source = model.tokenizer
     if tokenizer_source is None and model.path and (Path(model.path) / "tokenizer.json").is_file():
         tokenizer_source = model.path
@@ -82,13 +91,24 @@ def processor_settings(config: ExperimentConfig) -> ProcessorSettings:
         patch_size=int(model_config.vision_config.patch_size),
         image_token_id=int(model_config.image_token_id),
         tokenizer_fingerprint=hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16],
+        max_example_tokens=config.data.max_example_tokens,
     )
 
 
 def prepare_row(
-    row: dict[str, Any], processor: Phi3VProcessor, *, prompt_only: bool, max_pixels: int = DEFAULT_MAX_PIXELS
+    row: dict[str, Any],
+    processor: Phi3VProcessor,
+    *,
+    prompt_only: bool,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    image_source: ImageSource | None = None,
+    max_tokens: int | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Turn one catalog row into a prepared example, or into a reject record naming why not (never raises)."""
+    """Turn one catalog row into a prepared example, or into a reject record naming why not (never raises).
+
+    `image_source` is the row's image already fetched (phi3v_ray.data.images.prefetch_image_sources), if it was.
+    `max_tokens` rejects an example longer than that (`too_long`, with its length), so counts still reconcile.
+    """
     from phi3v_ray.data.answers import format_answer
 
     path = row.get("local_image_path")
@@ -115,7 +135,11 @@ def prepare_row(
     except (DataError, TypeError, ValueError) as error:
         return reject(REASON_BAD_GROUND_TRUTH, str(error))
     decoded = decode_image(
-        path_text, max_pixels=max_pixels, num_crops=processor.num_crops, crop_size=processor.crop_size
+        path_text,
+        max_pixels=max_pixels,
+        num_crops=processor.num_crops,
+        crop_size=processor.crop_size,
+        source=image_source,
     )
     if not decoded.ok:
         return reject(decoded.reason or "decode_error", decoded.detail)
@@ -123,6 +147,9 @@ def prepare_row(
         encoded = processor.encode_product(decoded.image, answer=None if prompt_only else answer)
     except Exception as error:  # noqa: BLE001 - one odd image must not stop the job; it is reported instead
         return reject(REASON_ENCODE_ERROR, f"{type(error).__name__}: {error}")
+    length = int(len(encoded["input_ids"]))
+    if max_tokens is not None and length > max_tokens:
+        return reject(REASON_TOO_LONG, f"{length} tokens; data.max_example_tokens is {max_tokens}")
     example = {
         "row_id": int(row["row_id"]),
         "product_code": product_code,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
@@ -22,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from phi3v_ray.data.schema import is_missing
 from phi3v_ray.errors import StorageError
 from phi3v_ray.model.geometry import hd_resized_extent
-from phi3v_ray.storage import location
+from phi3v_ray.storage import is_uri, location
 
 # 64 MP: far above any product photo (a 8000×8000 scan is 64 MP) and small enough that a decoded RGB copy (192 MB)
 # cannot exhaust a preprocessing actor's memory.
@@ -81,32 +82,47 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _open_source(path: str) -> tuple[str | IO[bytes], int] | DecodedImage:
+# What PIL opens for one image (a local path, read lazily, or an object's bytes) and its size; or why there is none.
+ImageSource = tuple[str | IO[bytes], int] | DecodedImage
+
+
+def open_image_source(path: str) -> ImageSource:
     """What PIL should open for a local path or an object URI, and its size; a reject when there is nothing to open.
 
-    A local file is opened by path, as PIL reads it lazily (the header before any pixels). An object is fetched in
-    one GET into memory: PIL reads in many small pieces, and a ranged request per piece would dominate the time.
+    A local file is opened by path, as PIL reads it lazily (the header before any pixels). An object is fetched
+    whole into memory without asking for its size first: PIL reads in many small pieces, a ranged request per piece
+    would dominate the time, and a separate metadata request would add a round trip per image. Safe to call from
+    threads, which is how `prefetch_image_sources` overlaps the GETs of a batch.
     """
     try:
         where = location(path)
+        if where.is_remote:
+            data = where.read_bytes()
+            if not data:
+                return _reject(REASON_EMPTY, f"{path}: file is empty (0 bytes)")
+            return io.BytesIO(data), len(data)
         info = where.info()
-        if info.type != pafs.FileType.File:
-            what = (
-                "a directory, not a file"
-                if info.type == pafs.FileType.Directory
-                else "No such file or directory"
-            )
-            return _reject(REASON_MISSING, f"{path}: {what}")
-        if info.size == 0:
-            return _reject(REASON_EMPTY, f"{path}: file is empty (0 bytes)")
-        if not where.is_remote:
-            return where.path, int(info.size)
-        data = where.read_bytes()
     except StorageError as error:
         return _reject(REASON_MISSING, str(error))
-    if not data:
+    if info.type != pafs.FileType.File:
+        what = (
+            "a directory, not a file" if info.type == pafs.FileType.Directory else "No such file or directory"
+        )
+        return _reject(REASON_MISSING, f"{path}: {what}")
+    if info.size == 0:
         return _reject(REASON_EMPTY, f"{path}: file is empty (0 bytes)")
-    return io.BytesIO(data), len(data)
+    return where.path, int(info.size)
+
+
+def prefetch_image_sources(
+    paths: list[str | None], pool: ThreadPoolExecutor
+) -> list[Future[ImageSource] | None]:
+    """Start fetching every object URI in `paths` on `pool`; None for local paths and missing ones.
+
+    An object store answers each GET after a round trip (tens of ms to S3), while decoding one image takes about as
+    long: fetching a batch's objects concurrently, in order, lets the decoder work on image i while i+1.. arrive.
+    """
+    return [pool.submit(open_image_source, path) if path and is_uri(path) else None for path in paths]
 
 
 def decode_image(
@@ -115,15 +131,17 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     num_crops: int = 16,
     crop_size: int = 336,
+    source: ImageSource | None = None,
 ) -> DecodedImage:
     """Open, check and load one image (a local path or an object URI) as RGB, or say why it cannot be used.
 
-    Never raises for a bad file or an unreachable object: either is a reject with a reason.
+    `source` is what `open_image_source(path)` returned when the caller fetched it ahead (see
+    `prefetch_image_sources`). Never raises for a bad file or an unreachable object: either is a reject with a reason.
     """
     if is_missing(path) or str(path).strip() == "":
         return _reject(REASON_NO_PATH, "the row has no local_image_path")
     path = os.fspath(path)
-    opened = _open_source(path)
+    opened = source if source is not None else open_image_source(path)
     if isinstance(opened, DecodedImage):
         return opened
     source, size = opened

@@ -57,6 +57,12 @@ EXAMPLE_SCHEMA = pa.schema(
 )
 
 
+# Prepared examples are mostly padded pixel canvases. zstd level 1 writes them as fast as parquet's default snappy
+# and half the size, and reads them back 3x faster (measured on official-geometry canvases: 8.2 MB snappy, 4.3 MB
+# zstd-1, write 0.25 s both, read 0.54 s vs 0.18 s): half the bytes to upload when the cache lives in a bucket.
+EXAMPLE_COMPRESSION: dict[str, Any] = {"compression": "zstd", "compression_level": 1}
+
+
 def catalog_fingerprint(rows: pd.DataFrame) -> str:
     """Hash of the split's rows and of each image's identity: its size and modification time.
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from phi3v_ray.data.examples import ProcessorSettings, prepare_row
+from phi3v_ray.data.images import prefetch_image_sources
 from phi3v_ray.data.places import place
 from phi3v_ray.data.rejects import RejectsLog, write_rejects
+from phi3v_ray.data.schema import is_missing
 from phi3v_ray.storage import Location, location
 
 if TYPE_CHECKING:
@@ -29,6 +32,16 @@ if TYPE_CHECKING:
 # 384 catalog images, 2 actors (steady images/s): 4 rows 66, 8 rows 73-83, 16 rows 86-88, 32 rows 90-98; 16 keeps a
 # block of official-size canvases near 80 MB, under Ray Data's 128 MB target block size.
 DEFAULT_ROWS_PER_BLOCK = 16
+# Concurrent object GETs per actor: enough to cover a block of 16 rows at S3's ~20-50 ms per request while the
+# actor decodes; local files are not prefetched (PIL reads them lazily and the page cache is already concurrent).
+FETCH_THREADS = 8
+# Spot capacity: a node (and the actors on it) can vanish mid-batch. A lost actor is recreated (on the capacity that
+# remains or on the autoscaler's replacement node) and the batches it held are retried on it; both are bounded, so an
+# actor that keeps dying (e.g. killed for memory on every attempt) fails the job with Ray's error instead of looping.
+# Ray Data's own default is unbounded (-1) for both. Only system failures are retried: a row that raises is a reject
+# (phi3v_ray.data.examples), never a retry. A retried batch cannot double count: its rejects file is named after its
+# row ids (overwritten, not added), and its examples reach the writer only from the attempt that finished.
+ACTOR_RETRY_POLICY = {"max_restarts": 4, "max_task_retries": 4}
 
 # The columns an actor reads; the rest of a split row never leaves the driver.
 _INPUT_COLUMNS = (
@@ -55,13 +68,21 @@ class ExamplePreparer:
         self.prompt_only = prompt_only
         self.rejects_dir: Location = location(rejects_dir)
         self.processor = settings.build_processor()
+        self.fetchers = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="image-fetch")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
         """Prepare one batch; yields the examples (nothing when every row was rejected)."""
         examples, rejects = [], []
-        for row in _batch_rows(batch):
+        rows = _batch_rows(batch)
+        fetches = prefetch_image_sources([_image_path(row) for row in rows], self.fetchers)
+        for row, fetch in zip(rows, fetches, strict=True):
             example, reject = prepare_row(
-                row, self.processor, prompt_only=self.prompt_only, max_pixels=self.settings.max_pixels
+                row,
+                self.processor,
+                prompt_only=self.prompt_only,
+                max_pixels=self.settings.max_pixels,
+                image_source=None if fetch is None else fetch.result(),
+                max_tokens=self.settings.max_example_tokens,
             )
             if example is not None:
                 examples.append(example)
@@ -76,6 +97,12 @@ class ExamplePreparer:
         row_ids = sorted(record["row_id"] for record in records)
         digest = hashlib.sha256(str(row_ids).encode()).hexdigest()[:12]
         write_rejects(records, self.rejects_dir.join(f"rejects-{row_ids[0]:09d}-{digest}.parquet"))
+
+
+def _image_path(row: dict[str, Any]) -> str | None:
+    """The row's image location as text, or None when it has none (the per-row rule reports that)."""
+    path = row.get("local_image_path")
+    return None if is_missing(path) else str(path)
 
 
 def _batch_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -133,5 +160,6 @@ def prepare_dataset(
         batch_format="numpy",
         compute=pool,
         num_cpus=cpus_per_actor,
+        **ACTOR_RETRY_POLICY,
     )
     return dataset, RejectsLog(directory=rejects_place, input_rows=len(rows))

@@ -23,6 +23,7 @@ from phi3v_ray.data.catalog import (
     usable_rows,
     write_table,
 )
+from phi3v_ray.data.schema import STATUS_OK, status_kind
 from phi3v_ray.errors import DataError
 from phi3v_ray.storage import location
 
@@ -90,9 +91,18 @@ def split_catalog(
 
     The file appears whole or not at all (storage writes), so a reader never sees half a splits table.
     """
-    rows = assign_splits(usable_rows(read_manifest(catalog_dir)), by=by, ratios=ratios)
+    return split_catalog_counted(catalog_dir, by, ratios)[0]
+
+
+def split_catalog_counted(
+    catalog_dir: CatalogDir, by: str = "title", ratios: Sequence[float] = (0.8, 0.1, 0.1)
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """`split_catalog`, plus the manifest rows it left out, counted by status kind (nothing leaves unreported)."""
+    manifest = read_manifest(catalog_dir)
+    rows = assign_splits(usable_rows(manifest), by=by, ratios=ratios)
     write_table(rows, location(catalog_dir).join(SPLITS_FILE))
-    return rows
+    left_out = manifest.loc[manifest["status"] != STATUS_OK, "status"].astype(str).map(status_kind)
+    return rows, {str(kind): int(count) for kind, count in left_out.value_counts().items()}
 
 
 def load_split(catalog_dir: CatalogDir, split: str) -> pd.DataFrame:
@@ -102,7 +112,7 @@ def load_split(catalog_dir: CatalogDir, split: str) -> pd.DataFrame:
     path = location(catalog_dir).join(SPLITS_FILE)
     if not path.is_file():
         raise DataError(f"{path}: not found; run `phi3v-ray data split {catalog_dir}` first")
-    rows = read_table(path)
+    rows = read_table(path, f"the splits `phi3v-ray data split {catalog_dir}` writes")
     if "split" not in rows.columns:
         raise DataError(f"{path}: no `split` column; expected the output of `phi3v-ray data split`")
     if "local_image_path" not in rows.columns:

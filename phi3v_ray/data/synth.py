@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from phi3v_ray.data.schema import (
     manifest_arrow_schema,
     validate_catalog,
 )
+from phi3v_ray.data.synth_dir import plan_out_dir, write_record
 from phi3v_ray.data.synth_images import ImageSpec, encode_product
 from phi3v_ray.data.vocabulary import CATEGORIES, COLOURS, GENDERS, MATERIALS, PATTERNS
 from phi3v_ray.errors import DataError
@@ -193,22 +193,6 @@ def build_table(
 # --- writing -------------------------------------------------------------------------------------------------------
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix a new sample with an old one unless asked; with overwrite, remove only what synth writes."""
-    existing = [out_dir / CATALOG_FILE, out_dir / MANIFEST_FILE, out_dir / IMAGES_DIR]
-    if any(path.exists() for path in existing):
-        if not overwrite:
-            raise DataError(
-                f"{out_dir}: already holds a catalog; expected an empty directory (or pass --overwrite)"
-            )
-        for path in existing:
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-
-
 def synth_catalog(
     out_dir: str | os.PathLike,
     rows: int,
@@ -218,27 +202,39 @@ def synth_catalog(
     overwrite: bool = False,
     threads: int = 4,
     progress: Callable[[int], None] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> Path:
     """Write `catalog.parquet`, `manifest.parquet` and `images/` for `rows` sample products; returns the dir.
 
     PIL releases the GIL while resizing and encoding, so a few threads use the cores without pickling anything.
+    A run killed half way is resumed by the same call (same settings) or cleaned up (other settings); `report`
+    gets one line for each such decision and for files in the directory that synth did not write and kept.
     """
     if rows < 1:
         raise DataError(f"--rows {rows}: expected a positive number of rows")
     if not 0.0 <= broken_url_share < 1.0:
         raise DataError(f"broken URL share {broken_url_share}: expected a fraction in [0, 1)")
     out = Path(out_dir)
-    _prepare_out_dir(out, overwrite)
+    settings = {"rows": rows, "seed": seed, "broken_url_share": broken_url_share}
+    plan = plan_out_dir(out, settings, _image_paths, overwrite=overwrite)
+    for note in plan.notes:
+        (report or (lambda _: None))(note)
+    (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    write_record(out, settings, finished=False)  # before the first image: a killed run is known as ours
     columns, specs = build_table(rows, seed, broken_url_share)
 
     def write_one(spec: ImageSpec | None) -> None:
-        if spec is not None:
-            (out / spec.relative_path).write_bytes(encode_product(spec))
+        if spec is not None and spec.relative_path not in plan.resume_existing:
+            _write_whole(out / spec.relative_path, encode_product(spec))
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for _ in pool.map(write_one, specs):
-            if progress is not None:
-                progress(1)
+        try:
+            for _ in pool.map(write_one, specs):
+                if progress is not None:
+                    progress(1)
+        except BaseException:  # Ctrl-C or a failed write: stop drawing now; the record lets the rerun resume
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     local_paths = [None if spec is None else spec.relative_path for spec in specs]
     catalog = pa.Table.from_pydict(columns, schema=burberry_arrow_schema())
     catalog = catalog.append_column(
@@ -246,7 +242,21 @@ def synth_catalog(
     )
     pq.write_table(catalog, out / CATALOG_FILE)
     _write_manifest(out, catalog, local_paths)
+    write_record(out, settings, finished=True)
     return out
+
+
+def _image_paths(settings: dict[str, float | int]) -> list[str]:
+    """The image files a run with these settings writes (rebuilding the table draws no picture)."""
+    _, specs = build_table(int(settings["rows"]), int(settings["seed"]), float(settings["broken_url_share"]))
+    return [spec.relative_path for spec in specs if spec is not None]
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write to a `.part-` name, then rename: a killed run never leaves a truncated image under the real name."""
+    partial = path.with_name(f"{path.name}.part-{uuid.uuid4().hex[:8]}")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def _write_manifest(out: Path, catalog: pa.Table, local_paths: list[str | None]) -> None:

@@ -24,6 +24,8 @@ from phi3v_ray.checkpoint import (
     MODEL_FILES,
     CheckpointMeta,
     base_model_key,
+    exported_model_meta,
+    is_exported_model_dir,
     local_checkpoint,
     parse_meta,
 )
@@ -42,6 +44,7 @@ class CheckpointInfo:
     meta: CheckpointMeta
     content_key: str
     uri: str | None = None  # where it is stored when `path` is a local copy of a bucket's checkpoint
+    exported: bool = False  # an official-layout export (phi3v-ray export): the weights are the directory itself
 
     @property
     def mode(self) -> str:
@@ -55,14 +58,16 @@ class CheckpointInfo:
 
     @property
     def weights_dir(self) -> Path:
-        """adapter/ (LoRA) or model/ (full fine-tune): what a predictor loads."""
-        return self.path / self.meta.weights_dir_name
+        """adapter/ (LoRA) or model/ (full fine-tune), or an export itself: what a predictor loads."""
+        return self.path if self.exported else self.path / self.meta.weights_dir_name
 
     @property
     def weights_source(self) -> str:
         """The weights directory as a predictor anywhere in the cluster can reach it: its URI, else its path."""
         if self.uri is None:
             return str(self.weights_dir)
+        if self.exported:
+            return self.uri
         return f"{self.uri.rstrip('/')}/{self.meta.weights_dir_name}"
 
 
@@ -84,17 +89,24 @@ def _hash_files(files: Iterable[Path], root: Path, digest: hashlib._Hash) -> Non
         digest.update(b"\0")
 
 
-def content_key(path: Path, meta: CheckpointMeta) -> str:
+def content_key(path: Path, meta: CheckpointMeta, weights_dir: Path | None = None) -> str:
     """sha256 over the weight/config files that determine predictions plus the base identity (engine/ excluded)."""
     digest = hashlib.sha256()
-    digest.update(base_model_key(meta.base_model).encode())
-    weights_dir = path / meta.weights_dir_name
+    if weights_dir is None:
+        digest.update(base_model_key(meta.base_model).encode())
+        weights_dir = path / meta.weights_dir_name
     _hash_files((p for p in weights_dir.rglob("*") if p.is_file()), path, digest)
     return digest.hexdigest()[:32]
 
 
 def _inspect(path: Path, name: str, uri: str | None = None) -> CheckpointInfo | BrokenCheckpoint:
     """Validate one checkpoint directory's meta and layout without loading any weights."""
+    if is_exported_model_dir(path):
+        try:
+            meta = exported_model_meta(path)
+        except CheckpointError as error:
+            return BrokenCheckpoint(name, path, str(error))
+        return CheckpointInfo(name, path, meta, content_key(path, meta, weights_dir=path), uri, exported=True)
     try:
         meta = parse_meta(path / META_FILE)
     except CheckpointError as error:
@@ -116,7 +128,7 @@ def _inspect(path: Path, name: str, uri: str | None = None) -> CheckpointInfo | 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
     """`root` itself when it holds meta.json, else every directory below it that does (sorted, engine/ skipped)."""
-    if (root / META_FILE).is_file():
+    if (root / META_FILE).is_file() or is_exported_model_dir(root):
         return [root]
     found = []
     for directory, subdirs, files in os.walk(root):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from phi3v_ray.config import ExperimentConfig
-from phi3v_ray.errors import ConfigError
+from phi3v_ray.errors import CheckpointError, ConfigError
 from phi3v_ray.storage import location
 
 
@@ -27,7 +27,29 @@ def checkpoints_model_section(paths: list[str]) -> dict[str, Any]:
 def check_has_checkpoints(config: ExperimentConfig, source: str) -> None:
     """An evaluation needs at least one sweep or checkpoint directory; say where the empty list came from."""
     if not config.evaluate.checkpoints:
-        raise ConfigError(f"{source}: evaluate.checkpoints is empty; list sweep or checkpoint directories")
+        raise ConfigError(
+            f"{source}: evaluate.checkpoints is empty; pass --checkpoints runs/<sweep> (e.g. runs/demo-sweep) or list "
+            f"sweep or checkpoint directories under evaluate.checkpoints"
+        )
+
+
+def check_some_checkpoint_usable(config: ExperimentConfig) -> int:
+    """Before any work: at least one requested checkpoint must be loadable, or the leaderboard would hold only the
+    base model and the trivial predictor. Returns how many are usable (their weights are not loaded here)."""
+    from phi3v_ray.evaluation.discovery import discover_checkpoints
+
+    good, broken = discover_checkpoints(config.evaluate.checkpoints)
+    if not good:
+        reasons = "; ".join(f"{item.name}: {item.reason}" for item in broken)
+        raise CheckpointError(
+            f"none of the {len(broken)} requested checkpoint(s) can be evaluated: {reasons}"
+        )
+    return len(good)
+
+
+def trained_rows(leaderboard: Any) -> int:
+    """How many leaderboard rows are trained checkpoints (not the base model or the trivial predictor)."""
+    return int(leaderboard["kind"].isin(["lora", "full"]).sum())
 
 
 def default_output_dir(first_checkpoint: str) -> str:

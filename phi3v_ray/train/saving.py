@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from phi3v_ray.checkpoint import ADAPTER_DIR, ENGINE_DIR, MODEL_DIR, PROBE_FILE, CheckpointMeta, write_meta
+from phi3v_ray.checkpoint import (
+    ADAPTER_DIR,
+    ENGINE_DIR,
+    MODEL_DIR,
+    PROBE_FILE,
+    CheckpointMeta,
+    storage_relative_base,
+    write_meta,
+)
 from phi3v_ray.config import ExperimentConfig
 from phi3v_ray.errors import CheckpointError
 
@@ -118,7 +126,9 @@ def save_checkpoint(
         client_state=dict(state),
         exclude_frozen_parameters=config.finetune.mode == "lora",
     )
-    fingerprint = _engine_base_fingerprint(engine, zero_stage=stage) if config.finetune.mode == "lora" else None
+    fingerprint = (
+        _engine_base_fingerprint(engine, zero_stage=stage) if config.finetune.mode == "lora" else None
+    )
     if rank == 0:
         if probe is not None:
             from safetensors.torch import save_file
@@ -133,6 +143,7 @@ def save_checkpoint(
             metrics={key: float(value) for key, value in metrics.items()},
             trial=trial,
             base_fingerprint=fingerprint,
+            base_path_in_storage=storage_relative_base(config.model, config.run.storage_path),
         )
         write_meta(directory, meta)
     return directory

@@ -95,6 +95,16 @@ def concurrent_capacity(
     return capacity
 
 
+def _reserve_note(cluster: Mapping[str, float], reserve_cpus: float) -> str:
+    """Why fewer CPUs are available than the machine has: some are kept for Ray Data's loading tasks."""
+    if not reserve_cpus:
+        return ""
+    return (
+        f" of {float(cluster.get('CPU', 0.0)):g}: {reserve_cpus:g} CPU is kept free for Ray Data tasks that load "
+        f"and decode the trials' batches"
+    )
+
+
 def max_concurrent_trials(
     config: ExperimentConfig,
     cluster: Mapping[str, float],
@@ -123,7 +133,7 @@ def max_concurrent_trials(
             f"tune.max_concurrent_trials: {requested} trials at once need {requested * need.cpus:g} CPU and "
             f"{requested * need.gpus:g} GPU ({need.describe()}), but the cluster fits {capacity} "
             f"({float(cluster.get('CPU', 0.0)) - reserve_cpus:g} CPU, {float(cluster.get('GPU', 0.0)):g} GPU "
-            f"available); the extra trials' drivers would hold resources their workers wait on. "
+            f"available{_reserve_note(cluster, reserve_cpus)}); the extra trials' drivers would hold resources their workers wait on. "
             f"Set it to {capacity} or less, or leave it unset"
         )
     return requested
