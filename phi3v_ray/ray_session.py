@@ -77,3 +77,19 @@ def connect(
         options["runtime_env"] = {"env_vars": env}
     ray.init(**options)
     return True
+
+
+def session_log_dir() -> str | None:
+    """Where this Ray session's process logs are (workers, Ray Data, raylet), for telling the user; None without one.
+
+    Ray has no public accessor for it; the node object's is used and any change in it only loses the hint.
+    """
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        node = ray._private.worker.global_worker.node  # noqa: SLF001 - see the docstring
+        return str(node.get_logs_dir_path())
+    except Exception:  # noqa: BLE001 - a hint, never a failure
+        return None

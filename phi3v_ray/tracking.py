@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 0.2
 # How long a finished run may take to reach the disk before we stop waiting and say so.
 FINISH_WAIT_S = 60.0
+
+
 def fetch_mirrored_runs(directory: str, run_id: str) -> None:
     """Bring a URI's folders of `run_id` into the local staging folder (a run another node wrote, to seal it here)."""
     if not is_uri(directory):

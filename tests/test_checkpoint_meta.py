@@ -113,7 +113,9 @@ def test_evaluate_without_an_experiment_preprocesses_as_the_checkpoint_base(tmp_
     checkpoint = _checkpoint(tmp_path / "ckpt", base_model=ModelSection(num_crops=4, dtype="bfloat16"))
     parser = argparse.ArgumentParser()
     evaluate.add_arguments(parser)
-    args = parser.parse_args(["--checkpoints", str(checkpoint), "--split", "val", "--set", "evaluate.batch_size=3"])
+    args = parser.parse_args(
+        ["--checkpoints", str(checkpoint), "--split", "val", "--set", "evaluate.batch_size=3"]
+    )
     config = evaluate._build_config(args)
     assert (config.model.num_crops, config.model.dtype) == (4, "bfloat16")
     assert config.evaluate.checkpoints == [str(checkpoint)]

@@ -233,3 +233,20 @@ def test_checkpoint_uri_exports_like_its_local_copy(sweep, bucket, tmp_path, mon
     assert shards
     for shard in shards:
         assert (tmp_path / "from_uri" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_model_card_publishes_the_held_out_figures_of_a_checkpoint_chosen_on_validation() -> None:
+    from phi3v_ray.export.model_card import reported_figures
+
+    # evaluate --select-on val --split test: the plain columns are val (the choice), test_* the held-out report.
+    row = {"rank": 1, "split": "val", "n_examples": 8, "category_accuracy": 0.9, "price_median_ape": 0.1}
+    row |= {"test_n_examples": 16, "test_category_accuracy": 0.4, "test_price_median_ape": 0.3}
+    figures, reported_on, ranked_on = reported_figures(row)
+    assert (reported_on, ranked_on) == ("test", "val")
+    assert (
+        figures["category_accuracy"] == 0.4
+        and figures["n_examples"] == 16
+        and figures["price_median_ape"] == 0.3
+    )
+    plain = {"rank": 2, "split": "test", "n_examples": 16, "category_accuracy": 0.5}
+    assert reported_figures(plain) == ({"n_examples": 16, "category_accuracy": 0.5}, "test", "test")

@@ -29,8 +29,18 @@ def test_results_csv_is_written_whole_to_a_bucket_and_reads_back(bucket: str, tm
     from phi3v_ray.tune.results import STOPPED_EARLY, TrialRow, write_results_csv
 
     rows = [
-        TrialRow("t1", {"optim.lr": 0.003}, FINISHED, "", 0.5, 4, 2, f"{bucket}/runs/sw/t1/checkpoint_000004"),
-        TrialRow("t2", {"optim.lr": 1e-7}, STOPPED_EARLY, "stopped by the scheduler after 1 validation(s)", 0.9, 2, 1),
+        TrialRow(
+            "t1", {"optim.lr": 0.003}, FINISHED, "", 0.5, 4, 2, f"{bucket}/runs/sw/t1/checkpoint_000004"
+        ),
+        TrialRow(
+            "t2",
+            {"optim.lr": 1e-7},
+            STOPPED_EARLY,
+            "stopped by the scheduler after 1 validation(s)",
+            0.9,
+            2,
+            1,
+        ),
     ]
     remote = write_results_csv(rows, f"{bucket}/runs/sw/sweep_results.csv", ["optim.lr"], "val_loss")
     local = write_results_csv(rows, tmp_path / "sweep_results.csv", ["optim.lr"], "val_loss")
@@ -39,7 +49,9 @@ def test_results_csv_is_written_whole_to_a_bucket_and_reads_back(bucket: str, tm
     assert read_results_csv(remote).equals(read_results_csv(local))
 
 
-def test_checkpoints_train_reports_inside_the_bucket_become_uris_and_deleted_ones_are_skipped(bucket: str) -> None:
+def test_checkpoints_train_reports_inside_the_bucket_become_uris_and_deleted_ones_are_skipped(
+    bucket: str,
+) -> None:
     import pandas as pd
 
     from phi3v_ray.tune.results import best_point
@@ -87,11 +99,15 @@ def test_a_wandb_run_staged_for_a_uri_is_mirrored_and_found_again_from_another_d
 
     shutil.rmtree(local_run_directory(directory))  # a sealer on a node that never held the run's files
     run_location = TrainingRun(run_id="trial-a", group="sw", directory=directory)
-    assert not seal_run(section, run_location, {"x": 1}, end_state=FINISHED, exit_code=0)  # complete: left alone
+    assert not seal_run(
+        section, run_location, {"x": 1}, end_state=FINISHED, exit_code=0
+    )  # complete: left alone
     assert (local_run_directory(directory) / "wandb" / run_dir.name / "run-trial-a.wandb").is_file()
 
 
-def test_a_checkpoint_uri_is_copied_without_its_engine_state(bucket: str, tmp_path: Path, monkeypatch) -> None:
+def test_a_checkpoint_uri_is_copied_without_its_engine_state(
+    bucket: str, tmp_path: Path, monkeypatch
+) -> None:
     from phi3v_ray.checkpoint import local_checkpoint
 
     monkeypatch.setenv("PHI3V_CHECKPOINT_CACHE", str(tmp_path / "cache"))
@@ -173,7 +189,9 @@ def _session_dir() -> Path:
     return Path(ray._private.worker._global_node.get_session_dir_path())
 
 
-def test_sweep_on_a_bucket_keeps_results_and_checkpoints_under_the_prefix(s3_sweep, module_bucket: str) -> None:
+def test_sweep_on_a_bucket_keeps_results_and_checkpoints_under_the_prefix(
+    s3_sweep, module_bucket: str
+) -> None:
     config, outcome = s3_sweep
     prefix = f"{module_bucket}/runs/s3sweep"
     assert sweep_directory(config).uri == prefix and outcome.sweep_dir.is_remote
@@ -196,9 +214,7 @@ def test_nothing_lands_in_a_local_folder_named_after_the_scheme(s3_sweep) -> Non
     assert not strays, strays
 
 
-def test_every_trial_and_the_summary_have_whole_wandb_runs_in_the_bucket(
-    s3_sweep, tmp_path: Path
-) -> None:
+def test_every_trial_and_the_summary_have_whole_wandb_runs_in_the_bucket(s3_sweep, tmp_path: Path) -> None:
     from support.wandb_files import read_run
 
     config, outcome = s3_sweep
@@ -251,7 +267,13 @@ def test_evaluate_reads_a_sweep_from_the_bucket_and_writes_its_output_there(
     trials = {row.trial_id for row in outcome.rows}
     scored = {name.split("/")[1] for name in first.scored_now if name.startswith("s3sweep/")}
     assert scored == trials and not first.broken, (first.scored_now, first.broken)
-    for name in ("leaderboard.csv", "leaderboard.json", "leaderboard.md", "predictions.parquet", "broken.json"):
+    for name in (
+        "leaderboard.csv",
+        "leaderboard.json",
+        "leaderboard.md",
+        "predictions.parquet",
+        "broken.json",
+    ):
         assert location(output).join(name).is_file(), name
     assert all(str(path).startswith(output + "/") for path in first.files.values()), first.files
     assert any(path.name.endswith(".png") for path in first.files.values())

@@ -88,7 +88,9 @@ def test_a_range_starting_just_above_zero_is_a_valid_loguniform() -> None:
 
 
 def test_derived_keys_scale_the_sampled_value() -> None:
-    space = _space({"finetune.rank": {"choice": [8]}, "finetune.alpha": {"ratio_of": "finetune.rank", "value": 2.5}})
+    space = _space(
+        {"finetune.rank": {"choice": [8]}, "finetune.alpha": {"ratio_of": "finetune.rank", "value": 2.5}}
+    )
     assert space.full_sample({"finetune.rank": 8}) == {"finetune.rank": 8, "finetune.alpha": 20.0}
     assert _dimension(space, "finetune.alpha").describe() == "2.5 × finetune.rank"
     assert math.isclose(space.resolve(space_base(), {"finetune.rank": 8}).finetune.alpha, 20.0)
@@ -116,7 +118,11 @@ def test_malformed_distributions_are_refused_naming_the_rule(spec, problem) -> N
 
 
 def test_a_ratio_below_one_is_a_valid_derived_key() -> None:
-    space = _space({"finetune.rank": {"choice": [8]}, "finetune.alpha": {"ratio_of": "finetune.rank", "value": 0.5}})
+    space = _space(
+        {"finetune.rank": {"choice": [8]}, "finetune.alpha": {"ratio_of": "finetune.rank", "value": 0.5}}
+    )
     assert space.full_sample({"finetune.rank": 8})["finetune.alpha"] == 4.0
     with pytest.raises(ConfigError, match="positive number"):
-        _space({"finetune.rank": {"choice": [8]}, "finetune.alpha": {"ratio_of": "finetune.rank", "value": 0}})
+        _space(
+            {"finetune.rank": {"choice": [8]}, "finetune.alpha": {"ratio_of": "finetune.rank", "value": 0}}
+        )

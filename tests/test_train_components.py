@@ -171,9 +171,7 @@ def test_dry_run_prints_config_placement_steps_and_memory(tmp_path):
     pd.DataFrame({"split": ["train"] * 40 + ["val"] * 5, "title": ["x"] * 45}).to_parquet(
         tmp_path / "catalog.parquet"
     )
-    config = load_experiment(
-        "experiments/demo.yaml", [f"data.catalog_dir={tmp_path}", "optim.micro_batch=2"]
-    )
+    config = load_experiment("experiments/demo.yaml", [f"data.catalog_dir={tmp_path}", "optim.micro_batch=2"])
     was_running = ray.is_initialized()
     out = dry_run_report(config, cpus=2, gpus=0)
     assert "# resolved config" in out and "zero_stage: 2" in out

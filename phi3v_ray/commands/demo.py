@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 from phi3v_ray.commands.arguments import add_set_argument
@@ -18,10 +20,13 @@ Runs the complete pipeline on this machine with no GPU and no downloads:
   4. preprocesses train/val/test once with Ray Data
   5. runs a Ray Tune sweep over LoRA rank and learning rate; every trial is a 2-worker Ray Train run with
      DeepSpeed ZeRO-2 on CPU, logged to W&B offline
-  6. scores every checkpoint, the base model and a trivial predictor on held-out products and prints the
-     leaderboard, with plots and W&B runs on disk
+  6. ranks every checkpoint, the base model and a trivial predictor on the validation split, scores the chosen
+     checkpoint on the held-out test split and prints both tables, with plots and W&B runs on disk
 
-Re-running with the same --out reuses finished stages.
+The terminal shows one line per stage; Ray's, Tune's and the libraries' own output goes to <out>/logs/demo.log.
+Ctrl-C stops at any stage; re-running with the same arguments reuses finished stages. Exits 0 when the checkpoint
+chosen on validation beats the trivial predictor on held-out test category accuracy (title and price lifts are
+printed beside it).
 """
 
 
@@ -38,9 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; exit 0 when the best checkpoint beats the trivial predictor on category accuracy."""
+    """Run the demo with its terminal lines; exit 0 when the verdict holds, 130 (with how to resume) on Ctrl-C."""
     from phi3v_ray.commands.arguments import check_output_dir
-    from phi3v_ray.demo.run import DemoPlan, run_demo, verdict
+    from phi3v_ray.demo.run import DemoPlan, run_demo
+    from phi3v_ray.demo.terminal import demo_terminal
 
     check_output_dir(args.out, "--out")
     plan = DemoPlan(
@@ -52,14 +58,33 @@ def run(args: argparse.Namespace) -> int:
         extra_overrides=list(args.overrides),
     )
     existed = plan.out_dir.exists()
+    log_path = plan.out_dir / "logs" / "demo.log"
     try:
-        outcome = run_demo(plan)
+        from phi3v_ray.demo.run import demo_config
+
+        demo_config(plan)  # a bad --set fails here, before the output folder or its log exists
+        print(
+            f"phi3v-ray demo: everything goes to {plan.out_dir}; Ray, Tune and library output to {log_path}"
+        )
+        with demo_terminal(log_path) as terminal:
+            outcome = run_demo(plan, terminal)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished stages are kept in {plan.out_dir}; run `{_same_command()}` again to resume "
+            f"(it reuses them)",
+            file=sys.stderr,
+        )
+        return 130
     except BaseException:
         _remove_if_left_empty(plan.out_dir, existed)
         raise
-    message, learned = verdict(outcome["evaluation"]["leaderboard"])
-    print(message)
-    return 0 if learned else 1
+    return 0 if outcome["learned"] else 1
+
+
+def _same_command() -> str:
+    """The command line this demo was started with, as `phi3v-ray demo ...`."""
+    arguments = sys.argv[1:]
+    return shlex.join(["phi3v-ray", *arguments]) if arguments[:1] == ["demo"] else "phi3v-ray demo"
 
 
 def _remove_if_left_empty(out_dir: Path, existed: bool) -> None:

@@ -13,7 +13,12 @@ trivial predictor), parses it, scores it and ranks the checkpoints.
 
   phi3v-ray evaluate experiments/demo.yaml
   phi3v-ray evaluate --checkpoints runs/sweep --split test --catalog data/sample
+  phi3v-ray evaluate --checkpoints runs/sweep --select-on val --split test --catalog data/sample
   phi3v-ray evaluate --checkpoints s3://bucket/runs/sweep --output s3://bucket/evaluation
+
+With --select-on val the contestants are ranked on the validation split and only the chosen checkpoint (with the
+base model and the trivial predictor) is then scored on --split: the reported figures play no part in the choice,
+and the leaderboard names the split of every number (`split` column, `test_*` columns for the report).
 
 Writes leaderboard.csv/.json/.md, predictions.parquet, broken.json and PNG plots to the output directory
 (default: <first checkpoint path>/evaluation); checkpoints and the output directory may be bucket URIs. A re-run reuses the scores of checkpoints whose files did not
@@ -34,7 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         set_example="evaluate.num_actors=2",
     )
     parser.add_argument("--checkpoints", nargs="+", metavar="DIR", help="sweep or checkpoint dirs or URIs")
-    parser.add_argument("--split", choices=("train", "val", "test"), help="split to score on (default: test)")
+    parser.add_argument(
+        "--split", choices=("train", "val", "test"), help="split whose figures are reported (default: test)"
+    )
+    parser.add_argument(
+        "--select-on",
+        choices=("train", "val", "test"),
+        help="rank on this split, then score only the chosen checkpoint on --split (default: the experiment's "
+        "evaluate.select_on, else rank on --split itself)",
+    )
     parser.add_argument("--catalog", help="catalog directory (default: the experiment's data.catalog_dir)")
     parser.add_argument(
         "--output",
@@ -63,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # Command-line flag -> the config key it sets (applied after the experiment file and --set).
 _FLAG_KEYS = {
     "split": "evaluate.split",
+    "select_on": "evaluate.select_on",
     "catalog": "data.catalog_dir",
     "primary_metric": "evaluate.primary_metric",
     "batch_size": "evaluate.batch_size",
@@ -109,6 +123,12 @@ def _check_split_rows(config: Any, catalog_flag: str) -> None:
     check_input_dir(catalog, catalog_flag, "a split catalog directory (`phi3v-ray data split DIR`)")
     if not len(load_split(catalog, split)):
         raise DataError(f"{catalog_flag} {catalog}: the {split} split is empty; choose another with --split")
+    select_on = config.evaluate.select_on
+    if select_on and not len(load_split(catalog, select_on)):
+        raise DataError(
+            f"{catalog_flag} {catalog}: the {select_on} split (evaluate.select_on) is empty; choose another with "
+            f"--select-on"
+        )
 
 
 def _check_flags(args: argparse.Namespace) -> None:

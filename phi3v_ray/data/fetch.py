@@ -316,7 +316,9 @@ def refuse_other_catalog(out: Location, valid_rows: pd.DataFrame) -> None:
     try:
         held = pq.read_table(BytesIO(manifest.read_bytes()), columns=["product_code"]).column(0).to_pylist()
     except (pa.ArrowInvalid, KeyError, OSError) as error:
-        raise DataError(f"{manifest.uri}: exists but is not a readable manifest ({error}); delete it first") from None
+        raise DataError(
+            f"{manifest.uri}: exists but is not a readable manifest ({error}); delete it first"
+        ) from None
     held_codes = {str(code) for code in held if code is not None}
     if not held_codes:
         return

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from phi3v_ray.data.actor_retries import map_batches_with_retries
 from phi3v_ray.data.examples import ProcessorSettings, prepare_row
 from phi3v_ray.data.images import prefetch_image_sources
 from phi3v_ray.data.places import place
@@ -35,13 +36,9 @@ DEFAULT_ROWS_PER_BLOCK = 16
 # Concurrent object GETs per actor: enough to cover a block of 16 rows at S3's ~20-50 ms per request while the
 # actor decodes; local files are not prefetched (PIL reads them lazily and the page cache is already concurrent).
 FETCH_THREADS = 8
-# Spot capacity: a node (and the actors on it) can vanish mid-batch. A lost actor is recreated (on the capacity that
-# remains or on the autoscaler's replacement node) and the batches it held are retried on it; both are bounded, so an
-# actor that keeps dying (e.g. killed for memory on every attempt) fails the job with Ray's error instead of looping.
-# Ray Data's own default is unbounded (-1) for both. Only system failures are retried: a row that raises is a reject
-# (phi3v_ray.data.examples), never a retry. A retried batch cannot double count: its rejects file is named after its
-# row ids (overwritten, not added), and its examples reach the writer only from the attempt that finished.
-ACTOR_RETRY_POLICY = {"max_restarts": 4, "max_task_retries": 4}
+# Lost actors and their batches are retried (phi3v_ray.data.actor_retries). A retried batch cannot double count: its
+# rejects file is named after its row ids (overwritten, not added), and its examples reach the writer only from the
+# attempt that finished.
 
 # The columns an actor reads; the rest of a split row never leaves the driver.
 _INPUT_COLUMNS = (
@@ -149,7 +146,8 @@ def prepare_dataset(
         pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cluster_cpus // cpus_per_actor)))
     else:
         pool = ray.data.ActorPoolStrategy(size=max(1, num_actors))
-    dataset = ray.data.from_pandas(chunks or [inputs]).map_batches(
+    dataset = map_batches_with_retries(
+        ray.data.from_pandas(chunks or [inputs]),
         ExamplePreparer,
         fn_constructor_kwargs={
             "settings": settings,
@@ -160,6 +158,5 @@ def prepare_dataset(
         batch_format="numpy",
         compute=pool,
         num_cpus=cpus_per_actor,
-        **ACTOR_RETRY_POLICY,
     )
     return dataset, RejectsLog(directory=rejects_place, input_rows=len(rows))

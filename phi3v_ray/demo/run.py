@@ -3,18 +3,25 @@
 Every stage is the same code the real path runs (Ray Data preprocessing, Ray Tune over multi-worker Ray Train +
 DeepSpeed runs, W&B offline, batch evaluation); only the model is the tiny preset and the catalog is synthetic.
 Stages whose outputs already exist under the output directory are reused, so a re-run after Ctrl-C continues.
+Checkpoints are ranked on the validation split; only the chosen one is scored on the held-out test split, whose
+figures the final verdict compares with the trivial predictor's.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from phi3v_ray.config import ExperimentConfig, apply_overrides, config_from_dict
+from phi3v_ray.demo.terminal import DemoTerminal, format_seconds
 from phi3v_ray.packaged import DEMO_EXPERIMENT, load_packaged_experiment, packaged_name
 
 
@@ -51,6 +58,8 @@ def demo_config(plan: DemoPlan) -> ExperimentConfig:
         f"tune.num_samples={plan.trials}",
         f"tune.max_concurrent_trials={plan.concurrent_trials}",
         f"evaluate.output_dir={out / 'evaluation'}",
+        "evaluate.select_on=val",  # rank on validation, report the chosen checkpoint on held-out test
+        "evaluate.split=test",
         f"evaluate.checkpoints=['{out / 'runs' / raw.get('tune', {}).get('name', 'sweep')}']",
         *plan.extra_overrides,
     ]
@@ -58,95 +67,132 @@ def demo_config(plan: DemoPlan) -> ExperimentConfig:
 
 
 STAGES = 6
+# The demo's claim, checked on the held-out split for the checkpoint chosen on validation: metric -> words for it.
+VERDICT_METRICS = {
+    "category_accuracy": "category accuracy",
+    "title_token_f1": "title token F1",
+    "price_median_ape": "price median APE",
+}
+# The metrics whose lift over the trivial predictor decides the exit code (lift > 0 on the held-out split); the
+# others are printed beside them.
+REQUIRED_LIFTS: tuple[str, ...] = ("category_accuracy",)
 
 
-def _stage(number: int, title: str, echo: Callable[[str], None]) -> float:
-    """Print a stage header; returns its start time."""
-    echo(f"\n[{number}/{STAGES}] {title}")
-    return time.perf_counter()
+def run_demo(plan: DemoPlan, terminal: DemoTerminal | None = None) -> dict[str, Any]:
+    """Run every stage, one terminal line each; returns paths, the leaderboard, timings and the verdict.
 
-
-def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage, print the leaderboard and where things are; returns paths and the leaderboard rows."""
+    Without a `terminal` (library use) the lines go to stdout and nothing is redirected."""
     config = demo_config(plan)  # first: a missing or invalid demo.yaml fails before Ray, torch and any output
     plan.out_dir.resolve().mkdir(parents=True, exist_ok=True)
+    term = terminal or DemoTerminal(sys.stdout, interactive=False)
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
-    t0 = _stage(1, f"sample catalog: {plan.rows} products with generated photos", echo)
-    _make_catalog(config, plan, echo)
-    timings["catalog"] = time.perf_counter() - t0
+    def stage(number: int, name: str):  # noqa: ANN202 - a context manager
+        return term.stage(number, STAGES, name)
 
-    t0 = _stage(2, "warm-start the tiny base (stands in for a pretrained checkpoint; see README)", echo)
-    _make_base(config, plan, echo)
-    timings["warm_start"] = time.perf_counter() - t0
-
-    _start_ray()
-    t0 = _stage(3, "preprocess train/val/test once with Ray Data (uint8 HD canvases + token ids)", echo)
-    _prepare_splits(config, echo)
-    timings["prepare"] = time.perf_counter() - t0
-
-    t0 = _stage(
-        4,
-        f"sweep: {plan.trials} trials x {config.scaling.num_workers} Ray Train workers (DeepSpeed ZeRO-"
-        f"{config.deepspeed.zero_stage}, LoRA), {plan.concurrent_trials} at once, W&B offline",
-        echo,
-    )
-    outcome = _sweep(config, echo)
-    timings["sweep"] = time.perf_counter() - t0
-
-    t0 = _stage(5, "evaluate every checkpoint + base + trivial predictor on held-out products", echo)
-    from phi3v_ray.evaluation.from_config import run_evaluation
-
-    evaluation = run_evaluation(config, echo=echo)
-    timings["evaluate"] = time.perf_counter() - t0
-
-    _stage(6, "results", echo)
+    with stage(1, "catalog") as current:
+        current.summary = _make_catalog(config, plan, term)
+    timings["catalog"] = current.elapsed()
+    with stage(2, "warm start") as current:
+        current.summary = _make_base(config, plan, term)
+    timings["warm_start"] = current.elapsed()
+    with stage(3, "prepare") as current:
+        _start_ray()
+        current.summary = _prepare_splits(config)
+    timings["prepare"] = current.elapsed()
+    with stage(4, "sweep") as current:
+        outcome, current.summary = _sweep(config, term)
+    timings["sweep"] = current.elapsed()
+    with stage(5, "evaluate") as current:
+        evaluation, current.summary = _evaluate(config)
+    timings["evaluate"] = current.elapsed()
+    with stage(6, "results") as current:
+        _print_results(config, outcome, evaluation, term)
+        message, learned = verdict(evaluation["leaderboard"])
+        current.summary = message
     timings["total"] = time.perf_counter() - started
-    echo(evaluation["markdown"])
-    echo(f"\nsweep results: {outcome.results_csv}")
+    term.echo(
+        f"total {format_seconds(timings['total'])}; "
+        + ", ".join(
+            f"{name} {format_seconds(seconds)}" for name, seconds in timings.items() if name != "total"
+        )
+    )
+    return {
+        "config": config,
+        "sweep": outcome,
+        "evaluation": evaluation,
+        "timings": timings,
+        "verdict": message,
+        "learned": learned,
+    }
+
+
+def _print_results(
+    config: ExperimentConfig, outcome: Any, evaluation: dict[str, Any], term: DemoTerminal
+) -> None:
+    """Stage 6: the leaderboard tables and where every output is."""
+    from phi3v_ray.ray_session import session_log_dir
+
+    term.echo(evaluation["markdown"])
+    term.echo("")
+    term.echo(f"sweep results: {outcome.results_csv}")
     for name, path in evaluation["files"].items():
-        echo(f"{name}: {path}")
-    echo(f"W&B offline runs: {config.wandb.dir} (upload later with `wandb sync <dir>/wandb/offline-run-*`)")
-    echo("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
-    return {"config": config, "sweep": outcome, "evaluation": evaluation, "timings": timings}
+        term.echo(f"{name}: {path}")
+    term.echo(
+        f"W&B offline runs: {config.wandb.dir} (upload later with `wandb sync <dir>/wandb/offline-run-*`)"
+    )
+    if term.log_path is not None:
+        term.echo(f"Ray, Tune and library output of this run: {term.log_path}")
+    logs = session_log_dir()
+    if logs:
+        term.echo(f"Ray's own process logs (workers, Ray Data): {logs}")
 
 
-def _make_catalog(config: ExperimentConfig, plan: DemoPlan, echo: Callable[[str], None]) -> None:
-    """Stage 1: draw the sample catalog (unless it exists) and split it by product title."""
-    from tqdm import tqdm
-
-    from phi3v_ray.data.split import split_catalog
+def _make_catalog(config: ExperimentConfig, plan: DemoPlan, term: DemoTerminal) -> str:
+    """Stage 1: draw the sample catalog (unless it exists) and split it; returns the stage's summary."""
+    from phi3v_ray.data.split import split_catalog_counted
     from phi3v_ray.data.synth import synth_catalog
 
     catalog = Path(config.data.catalog_dir)
-    if not (catalog / "manifest.parquet").is_file():
-        with tqdm(total=plan.rows, desc="drawing products", unit="img") as bar:
-            synth_catalog(catalog, plan.rows, seed=plan.seed, progress=bar.update)
-    else:
-        echo(f"  reusing {catalog}")
-    split_catalog(catalog, by=config.data.split_by, ratios=config.data.ratios)
+    reused = (catalog / "manifest.parquet").is_file()
+    if not reused:
+        drawn = 0
+
+        def progress(count: int) -> None:
+            nonlocal drawn
+            drawn += count
+            term.set_progress(f"{drawn}/{plan.rows} photos")
+
+        synth_catalog(catalog, plan.rows, seed=plan.seed, progress=progress, report=print)
+    rows, left_out = split_catalog_counted(catalog, by=config.data.split_by, ratios=config.data.ratios)
+    counts = rows["split"].value_counts()
+    sizes = " / ".join(f"{name} {int(counts.get(name, 0))}" for name in ("train", "val", "test"))
+    left = f", {sum(left_out.values())} left out ({', '.join(f'{k} {v}' for k, v in left_out.items())})"
+    return (
+        f"{plan.rows} products{' (reused)' if reused else ''}{left if left_out else ''}; "
+        f"split by {config.data.split_by}: {sizes}"
+    )
 
 
-def _make_base(config: ExperimentConfig, plan: DemoPlan, echo: Callable[[str], None]) -> None:
-    """Stage 2: warm-start the tiny base into model.path (unless a saved one is there)."""
-    from tqdm import tqdm
-
+def _make_base(config: ExperimentConfig, plan: DemoPlan, term: DemoTerminal) -> str:
+    """Stage 2: warm-start the tiny base into model.path (unless a saved one is there); returns the summary."""
     from phi3v_ray.demo.warmstart import warm_start_tiny_base
 
     base = Path(config.model.path or plan.out_dir.resolve() / "base")
     if (base / "config.json").is_file():
-        echo(f"  reusing {base}")
-        return
-    with tqdm(total=plan.warm_start_steps, desc="describe-the-object pretraining", unit="step") as bar:
-        stats = warm_start_tiny_base(
-            base,
-            steps=plan.warm_start_steps,
-            examples=plan.warm_start_examples,
-            progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")),
-        )
-    echo(
-        f"  loss {stats['first_loss']:.2f} → {stats['last_loss']:.2f} in {stats['seconds']:.0f}s; saved {base}"
+        return f"reused {base}"
+    stats = warm_start_tiny_base(
+        base,
+        steps=plan.warm_start_steps,
+        examples=plan.warm_start_examples,
+        progress=lambda step, loss: term.set_progress(
+            f"{step}/{plan.warm_start_steps} steps, loss {loss:.2f}"
+        ),
+    )
+    return (
+        f"{plan.warm_start_steps} steps describing generic objects (not products), loss {stats['first_loss']:.2f} "
+        f"→ {stats['last_loss']:.2f}"
     )
 
 
@@ -159,37 +205,122 @@ def _start_ray() -> None:
     connect(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False)
 
 
-def _prepare_splits(config: ExperimentConfig, echo: Callable[[str], None]) -> None:
-    """Stage 3: write the prepared cache for train/val (with answers) and test (prompts only)."""
+# (split, prompt_only): train and val with answers for training, val and test prompts for the evaluation.
+PREPARED_SPLITS = (("train", False), ("val", False), ("val", True), ("test", True))
+
+
+def _prepare_splits(config: ExperimentConfig) -> str:
+    """Stage 3: write the prepared cache for every split the sweep and the evaluation read; returns the summary."""
     from phi3v_ray.data.datasets import write_prepared_split
 
-    for split, prompt_only in (("train", False), ("val", False), ("test", True)):
-        _entry, summary, reused = write_prepared_split(config, split, prompt_only=prompt_only)
-        echo(f"  {split}: {summary}" + (" (reused)" if reused else ""))
+    prepared: dict[str, int] = {}
+    rejected = reused = 0
+    for split, prompt_only in PREPARED_SPLITS:
+        _entry, summary, was_reused = write_prepared_split(config, split, prompt_only=prompt_only)
+        print(
+            f"  {split}{' (prompts only)' if prompt_only else ''}: {summary}"
+            + (" (reused)" if was_reused else "")
+        )
+        prepared[split] = summary.prepared
+        rejected += summary.rejected
+        reused += was_reused
+    sizes = " / ".join(f"{split} {count}" for split, count in prepared.items())
+    note = f"; {reused} of {len(PREPARED_SPLITS)} reused" if reused else ""
+    return f"{sizes} examples, {rejected} rejected (val also as prompts for selection){note}"
 
 
-def _sweep(config: ExperimentConfig, echo: Callable[[str], None]) -> Any:
-    """Stage 4: the Tune sweep (prints its own trial table); returns the sweep outcome."""
+def _sweep(config: ExperimentConfig, term: DemoTerminal) -> tuple[Any, str]:
+    """Stage 4: the Tune sweep (its tables go to the log); returns the outcome and the summary.
+
+    Ctrl-C reaches Tune first, which stops the trials and saves the sweep's state; the interrupted trials in its
+    results are turned back into a KeyboardInterrupt here, so the demo stops instead of evaluating half a sweep."""
     from phi3v_ray.train.deepspeed import prebuild_cpu_comm_op
-    from phi3v_ray.tune.sweep import run_sweep
+    from phi3v_ray.tune.results import INTERRUPTED
+    from phi3v_ray.tune.sweep import run_sweep, sweep_directory
 
     skipped = prebuild_cpu_comm_op()
     if skipped:
-        echo(f"  DeepSpeed CPU comm op not prebuilt ({skipped}); workers will load it themselves")
-    return run_sweep(config, echo=echo)
+        print(f"  DeepSpeed CPU comm op not prebuilt ({skipped}); workers will load it themselves")
+    with _counting_checkpoints(sweep_directory(config).path, term):
+        outcome = run_sweep(config, echo=print)
+    if any(row.status == INTERRUPTED for row in outcome.rows):
+        raise KeyboardInterrupt
+    statuses = Counter(row.status for row in outcome.rows)
+    done = [row for row in outcome.rows if row.best_metric is not None]
+    best = min(done, key=lambda row: row.best_metric) if done else None
+    summary = (
+        f"{len(outcome.rows)} trials x {config.scaling.num_workers} Ray Train workers (DeepSpeed ZeRO-"
+        f"{config.deepspeed.zero_stage}, LoRA): "
+        + ", ".join(f"{count} {status}" for status, count in statuses.items())
+    )
+    if best is not None:
+        summary += f"; best {config.tune.metric} {best.best_metric:.3f} ({best.trial_id})"
+    return outcome, summary
+
+
+@contextmanager
+def _counting_checkpoints(sweep_dir: str, term: DemoTerminal) -> Iterator[None]:
+    """While the sweep runs on a terminal, show how many checkpoints its trials have saved so far."""
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.wait(2.0):
+            saved = len(list(Path(sweep_dir).glob("*/checkpoint_[0-9]*")))
+            term.set_progress(f"{saved} checkpoints saved")
+
+    watcher = threading.Thread(target=count, daemon=True) if term.interactive else None
+    if watcher is not None:
+        watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if watcher is not None:
+            watcher.join()
+
+
+OTHER_CONTESTANTS = {"base": "the base model", "trivial": "the trivial predictor"}
+
+
+def _evaluate(config: ExperimentConfig) -> tuple[dict[str, Any], str]:
+    """Stage 5: rank every contestant on validation, score the chosen one on test; returns the outcome and summary."""
+    from phi3v_ray.evaluation.from_config import run_evaluation
+
+    evaluation = run_evaluation(config, echo=print)
+    result = evaluation["result"]
+    board = evaluation["leaderboard"]
+    trained = int(board["kind"].isin(["lora", "full"]).sum())
+    others = [OTHER_CONTESTANTS[kind] for kind in ("base", "trivial") if kind in set(board["kind"])]
+    summary = (
+        f"{', '.join([f'{trained} checkpoints', *others])} ranked on {result.ranked_on} "
+        f"({int(board['n_examples'].max())} products); the chosen checkpoint scored on {result.reported_on}"
+    )
+    if result.broken:
+        summary += f"; {len(result.broken)} could not be loaded (see the log)"
+    return evaluation, summary
 
 
 def verdict(leaderboard: Any) -> tuple[str, bool]:
-    """Compare the best checkpoint with the trivial predictor on held-out category accuracy."""
-    rows = leaderboard.to_dict("records") if hasattr(leaderboard, "to_dict") else list(leaderboard)
-    trivial = [r for r in rows if r.get("kind") == "trivial"]
-    trained = [r for r in rows if r.get("kind") in ("lora", "full")]
-    if not trivial or not trained:
+    """The checkpoint chosen on the ranking split against the trivial predictor, on the reported split's figures.
+
+    Every VERDICT_METRICS lift is shown; REQUIRED_LIFTS decide (each must be > 0, in its own better-direction)."""
+    from phi3v_ray.evaluation.leaderboard import chosen_checkpoint, reported_rows, splits_of
+    from phi3v_ray.evaluation.metrics import METRIC_DIRECTIONS
+
+    ranked_on, reported_on = splits_of(leaderboard)
+    chosen = chosen_checkpoint(leaderboard)
+    report = reported_rows(leaderboard).to_dict("records")
+    trivial = next((row for row in report if row.get("kind") == "trivial"), None)
+    best = next((row for row in report if row.get("checkpoint") == chosen), None)
+    if trivial is None or best is None:
         return "could not compare with the trivial predictor (missing rows)", False
-    best = max(trained, key=lambda r: r["category_accuracy"])
-    lift = best["category_accuracy"] - trivial[0]["category_accuracy"]
-    message = (
-        f"best checkpoint {best['checkpoint']}: category accuracy {best['category_accuracy']:.2f} vs trivial "
-        f"{trivial[0]['category_accuracy']:.2f} ({lift:+.2f})"
-    )
-    return message, lift > 0
+    lifts: dict[str, float] = {}
+    parts = []
+    for metric, words in VERDICT_METRICS.items():
+        mine, theirs = float(best[metric]), float(trivial[metric])
+        lift = mine - theirs if METRIC_DIRECTIONS[metric] else theirs - mine
+        lifts[metric] = lift if lift == lift else float("-inf")  # NaN (nothing parsed) is no lift
+        mark = "better" if lifts[metric] > 0 else "NOT better"
+        parts.append(f"{words} {mine:.2f} vs trivial {theirs:.2f} ({mark})")
+    message = f"chosen on {ranked_on}: {chosen}; on held-out {reported_on}: " + "; ".join(parts)
+    return message, all(lifts[metric] > 0 for metric in REQUIRED_LIFTS)

@@ -44,11 +44,13 @@ class CheckpointInfo:
     meta: CheckpointMeta
     content_key: str
     uri: str | None = None  # where it is stored when `path` is a local copy of a bucket's checkpoint
-    exported: bool = False  # an official-layout export (phi3v-ray export): the weights are the directory itself
+    exported: bool = (
+        False  # an official-layout export (phi3v-ray export): the weights are the directory itself
+    )
 
     @property
     def mode(self) -> str:
-        """"lora" or "full"."""
+        """ "lora" or "full"."""
         return self.meta.mode
 
     @property

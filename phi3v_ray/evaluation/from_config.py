@@ -61,7 +61,8 @@ def default_output_dir(first_checkpoint: str) -> str:
 def run_evaluation(
     config: ExperimentConfig, *, plots: bool = True, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Score config.evaluate.checkpoints on config.evaluate.split; returns leaderboard, markdown and file paths."""
+    """Score config.evaluate.checkpoints on config.evaluate.split (ranked on evaluate.select_on when that names
+    another split); returns leaderboard, markdown and file paths."""
     from phi3v_ray.data.datasets import build_prepared_dataset
     from phi3v_ray.data.split import load_split_rows
     from phi3v_ray.evaluation.scoring import evaluate
@@ -73,6 +74,9 @@ def run_evaluation(
     output_dir = section.output_dir or default_output_dir(section.checkpoints[0])
     connect(log_to_driver=False)
     dataset, _rejects = build_prepared_dataset(config, section.split, prompt_only=True)
+    selection = None
+    if section.select_on and section.select_on != section.split:
+        selection, _rejects = build_prepared_dataset(config, section.select_on, prompt_only=True)
     trivial = None
     if section.include_trivial:
         train_rows = load_split_rows(config.data.catalog_dir, "train")
@@ -88,6 +92,7 @@ def run_evaluation(
         section,
         trivial=trivial,
         plots=plots,
+        selection=selection,
     )
     echo(f"scored now: {len(result.scored_now)}, reused from cache: {len(result.reused)}")
     for broken in result.broken:

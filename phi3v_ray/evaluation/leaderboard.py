@@ -2,6 +2,11 @@
 
 The primary metric is the user's choice (`evaluate.primary_metric`); ties are broken by a fixed list of other
 metrics, each in its own better-direction, and finally by name so the order is reproducible.
+
+Which split each number comes from is part of the table: the `split` column names the split of the plain metric
+columns (the ones the rank is computed from). When the ranking split differs from the reported one (`evaluate.
+select_on`), the chosen checkpoint, the base model and the trivial predictor also carry `<split>_<metric>` columns
+(e.g. `test_category_accuracy`), scored after the choice; the other rows leave them empty.
 """
 
 from __future__ import annotations
@@ -80,6 +85,59 @@ def rank_contestants(
     return ranked.drop(columns=sort_keys).reset_index(drop=True)
 
 
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SCORE_COLUMNS: tuple[str, ...] = ("n_examples", *METRIC_NAMES)
+TRAINED_KINDS: tuple[str, ...] = ("lora", "full")
+
+
+def label_split(leaderboard: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The leaderboard with a `split` column (after `kind`) naming the split its plain metric columns come from."""
+    labelled = leaderboard.drop(columns=["split"], errors="ignore")
+    position = list(labelled.columns).index("kind") + 1 if "kind" in labelled.columns else 1
+    labelled.insert(position, "split", split)
+    return labelled
+
+
+def chosen_checkpoint(leaderboard: pd.DataFrame) -> str | None:
+    """The best-ranked trained checkpoint (not the base model or trivial predictor); None when there is none."""
+    trained = leaderboard[leaderboard["kind"].isin(TRAINED_KINDS)] if "kind" in leaderboard else leaderboard
+    return str(trained.iloc[0]["checkpoint"]) if len(trained) else None
+
+
+def attach_report(leaderboard: pd.DataFrame, report_scores: pd.DataFrame, reported_on: str) -> pd.DataFrame:
+    """Add `<reported_on>_<metric>` columns from `report_scores` (one row per contestant scored on that split)."""
+    columns = [c for c in SCORE_COLUMNS if c in report_scores.columns]
+    prefixed = report_scores[["checkpoint", *columns]].rename(
+        columns={c: f"{reported_on}_{c}" for c in columns}
+    )
+    merged = leaderboard.merge(prefixed, on="checkpoint", how="left")
+    merged.attrs.update(leaderboard.attrs)
+    return merged
+
+
+def splits_of(leaderboard: pd.DataFrame) -> tuple[str | None, str | None]:
+    """(ranked_on, reported_on) as the table itself records them; reported_on equals ranked_on without a report."""
+    ranked_on = str(leaderboard["split"].iloc[0]) if "split" in leaderboard and len(leaderboard) else None
+    reported = [name for name in SPLITS if f"{name}_n_examples" in leaderboard.columns]
+    return ranked_on, (reported[0] if reported else ranked_on)
+
+
+def reported_rows(leaderboard: pd.DataFrame) -> pd.DataFrame:
+    """The contestants with figures on the reported split, under the plain metric names (for verdicts and cards).
+
+    Without a separate report split that is the leaderboard itself; with one, only the rows scored on it."""
+    ranked_on, reported_on = splits_of(leaderboard)
+    if reported_on is None or reported_on == ranked_on:
+        return leaderboard.copy()
+    prefixed = {f"{reported_on}_{c}": c for c in SCORE_COLUMNS if f"{reported_on}_{c}" in leaderboard.columns}
+    rows = leaderboard[leaderboard[f"{reported_on}_n_examples"].notna()]
+    kept = [c for c in ("rank", "checkpoint", "kind") if c in rows.columns]
+    report = rows[[*kept, *prefixed]].rename(columns=prefixed).reset_index(drop=True)
+    report["n_examples"] = report["n_examples"].astype(int)
+    report.insert(len(kept), "split", reported_on)
+    return report
+
+
 def _format_cell(value: object) -> str:
     if isinstance(value, float):
         if math.isnan(value):
@@ -88,13 +146,44 @@ def _format_cell(value: object) -> str:
     return str(value)
 
 
-def to_markdown(leaderboard: pd.DataFrame, primary_metric: str) -> str:
-    """A GitHub-style table of the leaderboard with the primary metric marked, for the terminal and W&B."""
-    columns = [c for c in MARKDOWN_COLUMNS if c in leaderboard.columns]
+def _table(rows: pd.DataFrame, primary_metric: str, chosen: str | None = None) -> list[str]:
+    columns = [c for c in MARKDOWN_COLUMNS if c in rows.columns]
     header = [f"**{c}**" if c == primary_metric else c for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for record in leaderboard[columns].itertuples(index=False):
-        lines.append("| " + " | ".join(_format_cell(v) for v in record) + " |")
+    for record in rows[columns].to_dict("records"):
+        cells = [_format_cell(record[c]) for c in columns]
+        if chosen is not None and record.get("checkpoint") == chosen:
+            cells[columns.index("checkpoint")] += " (chosen)"
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _products(rows: pd.DataFrame) -> str:
+    counts = pd.to_numeric(rows.get("n_examples", pd.Series(dtype=float)), errors="coerce").dropna()
+    return f"{int(counts.max())} products" if len(counts) else "no products"
+
+
+def to_markdown(leaderboard: pd.DataFrame, primary_metric: str) -> str:
+    """A GitHub-style table of the leaderboard with the primary metric marked, for the terminal and W&B; with a
+    separate report split, a second table of the figures reported on it, each table captioned with its split."""
+    ranked_on, reported_on = splits_of(leaderboard)
+    if ranked_on is None:
+        return "\n".join(_table(leaderboard, primary_metric))
+    if reported_on == ranked_on:
+        caption = f"Ranked and reported on {ranked_on} ({_products(leaderboard)}):"
+        return "\n".join([caption, "", *_table(leaderboard, primary_metric)])
+    chosen = chosen_checkpoint(leaderboard)
+    report = reported_rows(leaderboard)
+    lines = [
+        f"Ranked on {ranked_on} ({_products(leaderboard)}) by {primary_metric}:",
+        "",
+        *_table(leaderboard, primary_metric),
+        "",
+        f"Reported on {reported_on} ({_products(report)}), scored after the choice: the checkpoint ranked first on "
+        f"{ranked_on}, beside the base model and the trivial predictor:",
+        "",
+        *_table(report.drop(columns=["rank"]), primary_metric, chosen),
+    ]
     return "\n".join(lines)
 
 
@@ -108,7 +197,15 @@ def write_leaderboard(leaderboard: pd.DataFrame, output_dir: Path, primary_metri
     }
     leaderboard.to_csv(paths["csv"], index=False)
     records = json.loads(leaderboard.to_json(orient="records"))  # NaN -> null, numpy -> plain
-    payload = {"primary_metric": primary_metric, "tie_breakers": list(DEFAULT_TIE_BREAKERS), "rows": records}
+    ranked_on, reported_on = splits_of(leaderboard)
+    payload = {
+        "primary_metric": primary_metric,
+        "tie_breakers": list(DEFAULT_TIE_BREAKERS),
+        "ranked_on": ranked_on,
+        "reported_on": reported_on,
+        "chosen": chosen_checkpoint(leaderboard),
+        "rows": records,
+    }
     paths["json"].write_text(json.dumps(payload, indent=2))
     paths["markdown"].write_text(to_markdown(leaderboard, primary_metric) + "\n")
     return paths

@@ -4,6 +4,8 @@ Reads top to bottom: discover checkpoints → reuse cached predictions by conten
 the rest (one actor pool per base model) → trivial contestant → metrics → ranked leaderboard, files and plots.
 Predictions are cached per (evaluation inputs, checkpoint content), so a re-run after a sweep grows only scores
 the new checkpoints, and a checkpoint that fails is listed with its reason while the others are still scored.
+With `evaluate.select_on` the ranking happens on that split first; only then are the chosen checkpoint, the base
+model and the trivial predictor scored on `evaluate.split`, so the reported figures cannot steer the choice.
 An output directory in a bucket is staged locally (pandas, matplotlib and the cache write local files): its cache is
 fetched first, so a re-run reuses it, and everything written is uploaded when the evaluation ends.
 """
@@ -22,11 +24,15 @@ import pandas as pd
 
 from phi3v_ray.checkpoint import base_model_key, model_source
 from phi3v_ray.config import EvalSection, ModelSection
+from phi3v_ray.data.actor_retries import map_batches_with_retries
 from phi3v_ray.data.answers import parse_answer
 from phi3v_ray.errors import CheckpointError
 from phi3v_ray.evaluation.discovery import BrokenCheckpoint, CheckpointInfo, discover_checkpoints
 from phi3v_ray.evaluation.leaderboard import (
+    attach_report,
     check_metric_name,
+    chosen_checkpoint,
+    label_split,
     rank_contestants,
     to_markdown,
     write_leaderboard,
@@ -44,6 +50,10 @@ from phi3v_ray.evaluation.trivial import TRIVIAL_NAME, TrivialPredictor
 from phi3v_ray.storage import Location, download_tree, is_uri, location, upload_tree
 
 TRUTH_COLUMNS = ["product_code", "title", "category", "full_price"]
+# A lost evaluation actor is recreated elsewhere (it reloads the base and every adapter) and its batches retried
+# (phi3v_ray.data.actor_retries). Exactly once holds because actors write nothing: a batch's rows reach the driver
+# only from the attempt that finished, the driver checks every contestant has one row per product, and only then
+# writes the cache files.
 
 
 @dataclass
@@ -56,6 +66,8 @@ class EvaluationResult:
     scored_now: list[str]
     reused: list[str]
     files: dict[str, Path | Location] = field(default_factory=dict)  # Locations for a bucket output_dir
+    ranked_on: str = "test"  # the split the rank comes from
+    reported_on: str = "test"  # the split of the figures reported for the chosen checkpoint
 
     @property
     def markdown(self) -> str:
@@ -97,7 +109,8 @@ def run_predictor(
     """Ray Data batch inference: an actor pool whose actors each hold the base once and every contestant's adapter."""
     import ray
 
-    predictions = dataset.map_batches(
+    predictions = map_batches_with_retries(
+        dataset,
         CheckpointPredictor,
         fn_constructor_kwargs={
             **base_model_kwargs(base),
@@ -139,6 +152,11 @@ def unscorable_message(broken: list[BrokenCheckpoint]) -> str:
     return f"no contestant could be scored: {reasons or 'none given'}"
 
 
+def ranking_split(settings: EvalSection) -> str:
+    """The split that ranks the contestants: `select_on` when set, else the reported split itself."""
+    return settings.select_on or settings.split
+
+
 def evaluate(
     dataset: Any,
     checkpoint_paths: list[str],
@@ -147,22 +165,129 @@ def evaluate(
     *,
     trivial: TrivialPredictor | None = None,
     plots: bool = True,
+    selection: Any | None = None,
 ) -> EvaluationResult:
     """Score every checkpoint below `checkpoint_paths` on `dataset` (prompt-only prepared rows); write the leaderboard
-    to `output_dir`, a local folder or a bucket URI."""
+    to `output_dir`, a local folder or a bucket URI.
+
+    With `selection` (the prompt-only rows of `settings.select_on`), the contestants are ranked on it instead, and
+    only the chosen checkpoint, the base model and the trivial predictor are then scored on `dataset`: the reported
+    figures cannot have influenced the choice, and no other checkpoint is scored on the held-out split at all.
+    """
     check_metric_name(settings.primary_metric)
+    if (selection is not None) != (ranking_split(settings) != settings.split):
+        raise ValueError(
+            f"evaluate: select_on={settings.select_on!r}, split={settings.split!r} needs a selection dataset "
+            f"exactly when the two differ"
+        )
     if not is_uri(str(output_dir)):
-        return _evaluate_into(dataset, checkpoint_paths, Path(output_dir), settings, trivial=trivial, plots=plots)
+        return _evaluate_into(
+            dataset,
+            checkpoint_paths,
+            Path(output_dir),
+            settings,
+            trivial=trivial,
+            plots=plots,
+            selection=selection,
+        )
     target = location(str(output_dir))
     with tempfile.TemporaryDirectory(prefix="phi3v-evaluation-") as staged:
         staging = Path(staged)
         download_tree(target.join("cache"), staging / "cache")
-        result = _evaluate_into(dataset, checkpoint_paths, staging, settings, trivial=trivial, plots=plots)
+        result = _evaluate_into(
+            dataset, checkpoint_paths, staging, settings, trivial=trivial, plots=plots, selection=selection
+        )
         upload_tree(staging, target)  # every file: a re-run may rewrite the leaderboard at the same size
     result.files = {
         name: target.join(Path(path).relative_to(staging).as_posix()) for name, path in result.files.items()
     }
     return result
+
+
+@dataclass
+class _Ledger:
+    """What happened to the contestants across the splits of one evaluation: broken, scored now, from the cache."""
+
+    broken: list[BrokenCheckpoint]
+    scored_now: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+
+Groups = dict[str, tuple[ModelSection, list[ContestantSpec]]]
+
+
+def _score_split(
+    dataset: Any,
+    split: str,
+    groups: Groups,
+    cache_root: Path,
+    settings: EvalSection,
+    trivial: TrivialPredictor | None,
+    ledger: _Ledger,
+    label: str = "",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every contestant of `groups` (and the trivial one) on one split: (predictions with a `split` column, one
+    scores row per contestant that loaded). `label` is appended to the names recorded in the ledger."""
+    truth = dataset.select_columns(TRUTH_COLUMNS).to_pandas()
+    if truth.empty:
+        raise CheckpointError(f"evaluation split {split} is empty: nothing to score the checkpoints on")
+    cache_dir = cache_root / evaluation_signature(truth, settings)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    frames: list[pd.DataFrame] = []
+    kinds: dict[str, str] = {TRIVIAL_NAME: "trivial"}
+    for base, specs in groups.values():
+        kinds.update({spec.name: spec.kind for spec in specs})
+        pending = [spec for spec in specs if not _cache_path(cache_dir, spec.content_key).is_file()]
+        failed: set[str] = set()
+        if pending:
+            fresh = run_predictor(dataset, base, pending, settings)
+            for spec in pending:
+                rows = fresh[fresh["checkpoint"] == spec.name]
+                errors = rows["load_error"].dropna().unique().tolist()
+                if errors:
+                    ledger.broken.append(BrokenCheckpoint(spec.name, Path(spec.path or "."), str(errors[0])))
+                    frames.append(rows)  # kept in predictions.parquet with the reason, never scored
+                    failed.add(spec.name)
+                    continue
+                # One row per product, not merely as many rows as products: a batch retried after a lost node
+                # must not leave one product scored twice and another missing.
+                if sorted(map(str, rows["product_code"])) != sorted(map(str, truth["product_code"])):
+                    raise RuntimeError(
+                        f"{spec.name}: {len(rows)} predictions do not cover the {len(truth)} products once each"
+                    )
+                rows.to_parquet(_cache_path(cache_dir, spec.content_key), index=False)
+                ledger.scored_now.append(spec.name + label)
+        for spec in specs:
+            if spec.name in failed:
+                continue
+            if spec not in pending:
+                ledger.reused.append(spec.name + label)
+            cached = pd.read_parquet(_cache_path(cache_dir, spec.content_key))
+            cached["checkpoint"] = spec.name  # the same content may have moved since it was scored
+            frames.append(cached)
+    if settings.include_trivial and trivial is not None:
+        frames.append(trivial_rows(trivial, truth))
+    predictions = (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(OUTPUT_COLUMNS))
+    )
+    predictions["split"] = split
+    scorable = predictions[predictions["load_error"].isna()]
+    if scorable.empty:
+        return predictions, pd.DataFrame(columns=["checkpoint", "kind"])
+    scores = score_by_contestant(scorable)
+    scores.insert(1, "kind", scores["checkpoint"].map(kinds).fillna("lora"))
+    return predictions, scores
+
+
+def report_groups(groups: Groups, chosen: str | None) -> Groups:
+    """The contestants scored on the report split once the choice is made: the chosen checkpoint and the bases."""
+    kept: Groups = {}
+    for key, (base, specs) in groups.items():
+        keep = [spec for spec in specs if spec.name == chosen or spec.kind == "base"]
+        if keep:
+            kept[key] = (base, keep)
+    return kept
 
 
 def _evaluate_into(
@@ -173,56 +298,40 @@ def _evaluate_into(
     *,
     trivial: TrivialPredictor | None,
     plots: bool,
+    selection: Any | None = None,
 ) -> EvaluationResult:
     """`evaluate` with a local output folder."""
     checkpoints, broken = discover_checkpoints(checkpoint_paths)
-    truth = dataset.select_columns(TRUTH_COLUMNS).to_pandas()
-    if truth.empty:
-        raise CheckpointError("evaluation split is empty: nothing to score the checkpoints on")
-    cache_dir = output / "cache" / evaluation_signature(truth, settings)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-
-    frames: list[pd.DataFrame] = []
-    kinds: dict[str, str] = {TRIVIAL_NAME: "trivial"}
-    scored_now: list[str] = []
-    reused: list[str] = []
-    for base, specs in contestant_specs(checkpoints, settings.include_base).values():
-        kinds.update({spec.name: spec.kind for spec in specs})
-        pending = [spec for spec in specs if not _cache_path(cache_dir, spec.content_key).is_file()]
-        if pending:
-            fresh = run_predictor(dataset, base, pending, settings)
-            for spec in pending:
-                rows = fresh[fresh["checkpoint"] == spec.name]
-                errors = rows["load_error"].dropna().unique().tolist()
-                if errors:
-                    broken.append(BrokenCheckpoint(spec.name, Path(spec.path or "."), str(errors[0])))
-                    frames.append(rows)  # kept in predictions.parquet with the reason, never scored
-                    continue
-                if len(rows) != len(truth):
-                    raise RuntimeError(f"{spec.name}: {len(rows)} predictions for {len(truth)} products")
-                rows.to_parquet(_cache_path(cache_dir, spec.content_key), index=False)
-                scored_now.append(spec.name)
-        for spec in specs:
-            path = _cache_path(cache_dir, spec.content_key)
-            if spec in pending and spec.name not in scored_now:
-                continue
-            if spec not in pending:
-                reused.append(spec.name)
-            cached = pd.read_parquet(path)
-            cached["checkpoint"] = spec.name  # the same content may have moved since it was scored
-            frames.append(cached)
-    if settings.include_trivial and trivial is not None:
-        frames.append(trivial_rows(trivial, truth))
-    predictions = (
-        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(OUTPUT_COLUMNS))
+    ledger = _Ledger(broken)
+    groups = contestant_specs(checkpoints, settings.include_base)
+    ranked_on = ranking_split(settings)
+    predictions, scores = _score_split(
+        dataset if selection is None else selection,
+        ranked_on,
+        groups,
+        output / "cache",
+        settings,
+        trivial,
+        ledger,
     )
-
-    scorable = predictions[predictions["load_error"].isna()]
-    if scorable.empty:
-        raise CheckpointError(unscorable_message(broken))
-    scores = score_by_contestant(scorable)
-    scores.insert(1, "kind", scores["checkpoint"].map(kinds).fillna("lora"))
-    leaderboard = rank_contestants(scores, settings.primary_metric)
+    if scores.empty:
+        raise CheckpointError(unscorable_message(ledger.broken))
+    leaderboard = label_split(rank_contestants(scores, settings.primary_metric), ranked_on)
+    if selection is not None:
+        # The choice is fixed before any product of the report split is generated for.
+        chosen = chosen_checkpoint(leaderboard)
+        reported, report_scores = _score_split(
+            dataset,
+            settings.split,
+            report_groups(groups, chosen),
+            output / "cache",
+            settings,
+            trivial,
+            ledger,
+            label=f" ({settings.split})",
+        )
+        leaderboard = attach_report(leaderboard, report_scores, settings.split)
+        predictions = pd.concat([predictions, reported], ignore_index=True)
     leaderboard.attrs["primary_metric"] = settings.primary_metric
 
     files = write_leaderboard(leaderboard, output, settings.primary_metric)
@@ -230,9 +339,21 @@ def _evaluate_into(
     predictions.to_parquet(files["predictions"], index=False)
     files["broken"] = output / "broken.json"
     files["broken"].write_text(
-        json.dumps([{"name": b.name, "path": str(b.path), "reason": b.reason} for b in broken], indent=2)
+        json.dumps(
+            [{"name": b.name, "path": str(b.path), "reason": b.reason} for b in ledger.broken], indent=2
+        )
     )
     if plots:
+        scorable = predictions[predictions["load_error"].isna()]
         for path in write_plots(leaderboard, scorable, settings.primary_metric, output):
             files[path.stem] = path
-    return EvaluationResult(leaderboard, predictions, broken, scored_now, reused, files)
+    return EvaluationResult(
+        leaderboard,
+        predictions,
+        ledger.broken,
+        ledger.scored_now,
+        ledger.reused,
+        files,
+        ranked_on,
+        settings.split,
+    )

@@ -93,22 +93,38 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def reported_figures(row: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
+    """(the row's card metrics, the split they come from, the split it was ranked on).
+
+    A leaderboard ranked on one split (`evaluate.select_on`) carries the chosen checkpoint's held-out figures as
+    `<split>_<metric>` columns: those are the ones to publish, not the figures the choice was made on.
+    """
+    ranked_on = row.get("split")
+    for split in ("test", "val", "train"):
+        if split != ranked_on and row.get(f"{split}_n_examples") is not None:
+            return {m: row.get(f"{split}_{m}") for m in CARD_METRICS}, split, ranked_on
+    return {m: row[m] for m in CARD_METRICS if m in row}, ranked_on, ranked_on
+
+
 def _metrics_table(facts: CardFacts) -> list[str]:
     row = facts.choice.row
     if row is None:
         return ["No leaderboard names this checkpoint: run `phi3v-ray evaluate` on it to measure it.", ""]
     board = facts.choice.leaderboard
-    trivial = board.trivial_row() if board else None
+    figures, reported_on, ranked_on = reported_figures(row)
+    trivial_row = board.trivial_row() if board else None
+    trivial = reported_figures(trivial_row)[0] if trivial_row else {}
+    where = f"the `{reported_on}` split" if reported_on else "the held-out split"
+    ranked = f" (chosen on the `{ranked_on}` split)" if ranked_on and ranked_on != reported_on else ""
     lines = [
-        f"Rank **{row.get('rank')}** of {len(board.rows) if board else '?'} contestants on the held-out split, "
-        f"ranked by `{board.primary_metric if board else '?'}`.",
+        f"Rank **{row.get('rank')}** of {len(board.rows) if board else '?'} contestants{ranked}, "
+        f"ranked by `{board.primary_metric if board else '?'}`; figures from {where}.",
         "",
         "| metric | this model | trivial predictor |",
         "|---|---|---|",
     ]
-    for metric in CARD_METRICS:
-        if metric in row:
-            lines.append(f"| {metric} | {_cell(row[metric])} | {_cell((trivial or {}).get(metric))} |")
+    for metric, value in figures.items():
+        lines.append(f"| {metric} | {_cell(value)} | {_cell(trivial.get(metric))} |")
     return [*lines, ""]
 
 
@@ -165,7 +181,7 @@ def render_card(facts: CardFacts) -> str:
     """The model card text."""
     meta, choice = facts.meta, facts.choice
     base_name, hub_id = base_description(meta)
-    metrics = {k: v for k, v in (choice.row or {}).items() if k in CARD_METRICS}
+    metrics = reported_figures(choice.row)[0] if choice.row else {}
     data = meta.experiment.get("data") or {}
     catalog = public_name(data.get("catalog_dir", "unknown"))
     title = "adapter" if facts.adapter_only else "merged model"

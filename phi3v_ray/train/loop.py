@@ -2,6 +2,7 @@
 
 build model -> choose what trains (LoRA / full) -> DeepSpeed engine -> resume if Ray hands us a checkpoint ->
 for each micro-batch: forward, backward, step -> at the cadence: log, validate, checkpoint, report to Ray.
+A preemption notice for the node adds a checkpoint at once (train/preemption.py).
 
 The loop does not know whether it runs alone or inside a Tune trial: everything it needs comes in `loop_config`
 from phi3v_ray.train.launcher. Ray has already set up torch.distributed (gloo on CPU, nccl on GPU), so DeepSpeed
@@ -29,6 +30,7 @@ from phi3v_ray.train.batches import iter_example_batches
 from phi3v_ray.train.deepspeed import build_deepspeed_config
 from phi3v_ray.train.device import select_device, synced, to_device
 from phi3v_ray.train.faults import PlantedFailure
+from phi3v_ray.train.preemption import preemption_notice, wait_for_teardown
 from phi3v_ray.train.schedule import planned_steps, scheduler_factory
 from phi3v_ray.train.trainable import apply_training_mode
 from phi3v_ray.train.validation import Validation, validate
@@ -137,8 +139,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     planted.maybe_raise(config, step=state.step, resumed=state.resumed, rank=rank)
 
                 is_last = state.step >= total_steps
-                should_save = state.step % config.run.checkpoint_every == 0 or is_last
-                validated = state.step % config.run.eval_every == 0 or should_save
+                notice = preemption_notice()  # a collective: every rank asks at every step
+                should_save = state.step % config.run.checkpoint_every == 0 or is_last or notice is not None
+                # No validation on a notice: the drain window is for saving (the last val_loss goes with it).
+                validated = state.step % config.run.eval_every == 0 or (should_save and notice is None)
                 if validated:
                     validation = validate(engine, processor, val_shard, config, device, rank, world)
                     tracker.log({"val/loss": validation.loss, "trainer/step": state.step}, step=state.step)
@@ -151,6 +155,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         engine, config, state, report, validation, rank, loop_config.get("trial")
                     )
                     last_saved = state.step
+                    if notice is not None and not is_last:  # the node goes: train nothing the restart redoes
+                        tracker.finish(exit_code=1)  # complete on disk (and in storage) before the node goes
+                        wait_for_teardown(notice, state.step)
                 elif validated or (config.run.report_every and state.step % config.run.report_every == 0):
                     ray.train.report(report)
                 if validated or should_save:

@@ -28,7 +28,9 @@ def steps_per_epoch(config: ExperimentConfig, train_rows: int, world_size: int) 
     return max(1, train_rows // samples_per_step(config, world_size))
 
 
-def planned_steps(config: ExperimentConfig, train_rows: int | None, world_size: int | None = None) -> int | None:
+def planned_steps(
+    config: ExperimentConfig, train_rows: int | None, world_size: int | None = None
+) -> int | None:
     """Optimizer steps in the run: `run.max_steps`, else epochs x steps per epoch; None when rows are unknown.
 
     `world_size` defaults to `scaling.num_workers` (what the launcher starts).

@@ -123,5 +123,5 @@ def _probe(
     logits = engine(**to_device(batch, device)).logits
     return {
         **{key: value.cpu() for key, value in batch.items() if key != "labels"},
-        "logits": logits[:, -PROBE_POSITIONS :].float().cpu(),
+        "logits": logits[:, -PROBE_POSITIONS:].float().cpu(),
     }

@@ -18,7 +18,9 @@ def local_capacity_note(config: ExperimentConfig) -> str:
 
     cpus, gpus = local_capacity()
     try:
-        concurrency = max_concurrent_trials(config, {"CPU": cpus, "GPU": gpus}, reserve_cpus=DATA_RESERVE_CPUS)
+        concurrency = max_concurrent_trials(
+            config, {"CPU": cpus, "GPU": gpus}, reserve_cpus=DATA_RESERVE_CPUS
+        )
     except ConfigError as error:
         return f"note: not runnable on this machine as configured: {error}"
     return f"this machine ({cpus:g} CPU, {gpus:g} GPU) runs up to {concurrency} trial(s) at once"

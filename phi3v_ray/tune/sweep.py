@@ -213,6 +213,7 @@ def run_sweep(
     from ray import tune
 
     from phi3v_ray.ray_session import connect
+
     space = parse_search_space(config)
     sweep_dir = sweep_directory(config)
     check_storage_writable(sweep_dir)

@@ -1,4 +1,8 @@
-"""A real two-node Ray cluster on loopback (`ray start --head` + `ray start --address`), for tests that need nodes.
+"""Real multi-node Ray clusters on loopback (`ray start --head` + one `ray start --address` per worker node).
+
+`two_node_cluster`: a head and one worker node. `multi_node_cluster`: a head with no CPUs (like cluster.yaml's, so
+work lands on worker nodes) and N worker nodes, each its own raylet with its own resources and marker; `kill_node`
+takes one of them away the way a reclaimed spot instance does (see its docstring).
 
 Ports: every Ray component is given port 0, so it binds a port of the kernel's choosing itself and the test reads
 the addresses back (the GCS address from the cluster's `ray_current_cluster` file, the dashboard's from the GCS):
@@ -28,7 +32,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -42,13 +46,36 @@ START_ATTEMPTS = 3  # fresh ports each time; only a start that exits early (a po
 
 
 @dataclass
+class WorkerNode:
+    """One worker node: its `ray start --block` process, the marker resource only it has, and its Ray node id."""
+
+    marker: str
+    process: subprocess.Popen
+    node_id: str = ""
+
+
+@dataclass
 class TwoNodeCluster:
-    """Addresses of the running test cluster."""
+    """Addresses of the running test cluster (any number of worker nodes, despite the historical name)."""
 
     gcs_address: str
     dashboard_url: str
     temp_dir: Path
     env: dict[str, str]
+    workers: list[WorkerNode] = field(default_factory=list)
+
+    def state(self, kind: str, **filters: str) -> list[dict]:
+        """Rows of the dashboard's state API (`/api/v0/<kind>`), filtered by equality on the given fields."""
+        query = "&".join(
+            f"filter_keys={key}&filter_predicates=%3D&filter_values={value}" for key, value in filters.items()
+        )
+        url = f"{self.dashboard_url}/api/v0/{kind}?limit=10000&detail=true&{query}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.load(response)["data"]["result"]["result"]
+
+    def worker_on(self, node_id: str) -> WorkerNode | None:
+        """The worker node with this Ray node id (None for the head or an unknown id)."""
+        return next((worker for worker in self.workers if worker.node_id == node_id), None)
 
 
 class StartFailed(RuntimeError):
@@ -152,13 +179,28 @@ def _in_private_mounts(command: list[str], private_dirs: Sequence[Path]) -> list
     if not private_dirs:
         return command
     mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(str(d))}" for d in private_dirs)
-    return ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && exec {shlex.join(command)}"]
+    return [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f"{mounts} && exec {shlex.join(command)}",
+    ]
 
 
 def _start_cluster(
-    temp_dir: Path, env: dict[str, str], started: list[subprocess.Popen], private_dirs: Sequence[Path] = ()
+    temp_dir: Path,
+    env: dict[str, str],
+    started: list[subprocess.Popen],
+    private_dirs: Sequence[Path] = (),
+    *,
+    head_cpus: float = 2,
+    workers: Sequence[tuple[str, float]] = ((WORKER_MARKER, 1),),
 ) -> TwoNodeCluster:
-    """Start the head and the worker node (appending each process to `started`); raises StartFailed on an exit."""
+    """Start the head, then every worker node (marker, CPUs) at once (appending each process to `started`);
+    raises StartFailed on an exit."""
     common = ["--block", f"--temp-dir={temp_dir}", "--disable-usage-stats", *NODE_PORT_FLAGS]
     head = subprocess.Popen(
         [
@@ -166,7 +208,7 @@ def _start_cluster(
             "start",
             "--head",
             "--port=0",
-            "--num-cpus=2",
+            f"--num-cpus={head_cpus:g}",
             "--num-gpus=0",
             f"--resources={json.dumps({HEAD_MARKER: 1})}",
             "--include-dashboard=true",
@@ -184,31 +226,117 @@ def _start_cluster(
     gcs_address, dashboard_url = _read_back_addresses(head, temp_dir)
     cluster = TwoNodeCluster(gcs_address=gcs_address, dashboard_url=dashboard_url, temp_dir=temp_dir, env=env)
     _wait_for_nodes(cluster, expected=1, started=started)
-    worker = subprocess.Popen(
-        _in_private_mounts(
-            [
-                RAY_BIN,
-                "start",
-                f"--address={cluster.gcs_address}",
-                "--num-cpus=1",
-                "--num-gpus=0",
-                f"--resources={json.dumps({WORKER_MARKER: 1})}",
-                *common,
-            ],
-            private_dirs,
-        ),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    started.append(worker)
-    _wait_for_nodes(cluster, expected=2, started=started)
+    # One at a time: worker nodes started together on one machine time out (they share a session dir and an IP).
+    for marker, cpus in workers:
+        worker = subprocess.Popen(
+            _in_private_mounts(
+                [
+                    RAY_BIN,
+                    "start",
+                    f"--address={cluster.gcs_address}",
+                    f"--num-cpus={cpus:g}",
+                    "--num-gpus=0",
+                    f"--resources={json.dumps({marker: 1})}",
+                    *common,
+                ],
+                private_dirs,
+            ),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        started.append(worker)
+        cluster.workers.append(WorkerNode(marker=marker, process=worker))
+        _wait_for_nodes(cluster, expected=1 + len(cluster.workers), started=started)
+    for node in cluster.state("nodes", state="ALIVE"):
+        for worker in cluster.workers:
+            if worker.marker in node.get("resources_total", {}):
+                worker.node_id = node["node_id"]
     return cluster
 
 
 def two_node_cluster(private_dirs: Sequence[Path] = ()) -> Iterator[TwoNodeCluster]:
     """A head (2 CPUs + head marker) and a worker node (1 CPU + worker marker), real processes on this machine."""
+    yield from _cluster(private_dirs=private_dirs)
+
+
+# Ray notices a dead node through failed GCS health checks (default: every 3 s, 5 misses, so ~15 s); a test of node
+# loss only waits for that, so its cluster checks every 0.5 s and gives up after 3 misses.
+FAST_NODE_DEATH_ENV = {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
+def multi_node_cluster(
+    workers: int = 2, *, worker_cpus: float = 2, head_cpus: float = 0, extra_env: dict[str, str] | None = None
+) -> Iterator[TwoNodeCluster]:
+    """A head with `head_cpus` (0, like cluster.yaml's, so drivers stay there and work lands on worker nodes) and
+    `workers` worker nodes of `worker_cpus` each, marked `phi3v_test_worker_<i>`; node death is detected fast."""
+    yield from _cluster(
+        head_cpus=head_cpus,
+        workers=[(f"{WORKER_MARKER}_{index}", worker_cpus) for index in range(workers)],
+        extra_env={**FAST_NODE_DEATH_ENV, **(extra_env or {})},
+    )
+
+
+def _family(root: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_node(node: WorkerNode) -> list[int]:
+    """SIGKILL exactly the processes this node's `ray start` created (raylet, agents, workers); returns their pids.
+
+    A reclaimed spot instance takes all of them at once, with no goodbye to the GCS. The family is frozen first
+    (SIGSTOP, rescanned until it stops growing) so a worker the raylet forks meanwhile is not missed, and a worker
+    whose parent dies is not orphaned out of reach. Never `ray stop`: other Ray clusters run on this machine.
+    """
+    try:
+        root = psutil.Process(node.process.pid)
+    except psutil.NoSuchProcess:
+        return []
+    frozen: dict[int, psutil.Process] = {}
+    while True:
+        new = [member for member in _family(root) if member.pid not in frozen]
+        if not new:
+            break
+        for member in new:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.send_signal(signal.SIGSTOP)
+            frozen[member.pid] = member
+    for member in frozen.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(list(frozen.values()), timeout=15)
+    node.process.wait(timeout=15)
+    return sorted(frozen)
+
+
+def wait_for_node_state(cluster: TwoNodeCluster, node_id: str, state: str, timeout_s: float = 120) -> float:
+    """Seconds until the GCS reports node `node_id` in `state` (e.g. DEAD after kill_node); raises on timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            if any(node["node_id"] == node_id for node in cluster.state("nodes", state=state)):
+                return time.monotonic() - started
+        time.sleep(0.5)
+    raise RuntimeError(f"node {node_id} not {state} after {timeout_s}s")
+
+
+def _cluster(
+    *,
+    private_dirs: Sequence[Path] = (),
+    head_cpus: float = 2,
+    workers: Sequence[tuple[str, float]] = ((WORKER_MARKER, 1),),
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[TwoNodeCluster]:
+    """Start a cluster (retrying a start that lost its client-server port), yield it, stop exactly its processes."""
     env = {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # job entrypoints run the venv's python
@@ -217,6 +345,7 @@ def two_node_cluster(private_dirs: Sequence[Path] = ()) -> Iterator[TwoNodeClust
         # Token auth protects real clusters; this one listens on this machine only and must not pick up (or write)
         # a token shared with other local clusters.
         "RAY_AUTH_MODE": "disabled",
+        **(extra_env or {}),
     }
     env.pop("RAY_ADDRESS", None)
     failures: list[str] = []
@@ -226,7 +355,9 @@ def two_node_cluster(private_dirs: Sequence[Path] = ()) -> Iterator[TwoNodeClust
         started: list[subprocess.Popen] = []
         try:
             try:
-                cluster = _start_cluster(temp_dir, env, started, private_dirs)
+                cluster = _start_cluster(
+                    temp_dir, env, started, private_dirs, head_cpus=head_cpus, workers=workers
+                )
             except StartFailed as failure:
                 failures.append(str(failure))
                 continue

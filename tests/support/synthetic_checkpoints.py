@@ -124,5 +124,7 @@ def make_lora_checkpoint(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out / ADAPTER_DIR), safe_serialization=True)
-    write_meta(out, CheckpointMeta(mode="lora", base_model=ModelSection(preset="tiny", num_crops=4), step=steps))
+    write_meta(
+        out, CheckpointMeta(mode="lora", base_model=ModelSection(preset="tiny", num_crops=4), step=steps)
+    )
     return out

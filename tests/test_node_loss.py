@@ -1,0 +1,207 @@
+"""Losing a worker node mid-preprocessing and mid-evaluation: the work finishes on the nodes that remain, once each.
+
+One real cluster for the module (tests/support/ray_cluster.py): a head with no CPUs, like cluster.yaml's, so the
+drivers stay on it and every actor lands on a worker node, plus three worker nodes of their own. Each test runs a
+real `phi3v-ray` command as a driver process against it, waits until the command's actors are busy on a worker node
+(the dashboard's state API), and kills that node the way a reclaimed spot instance goes: SIGKILL to exactly the
+processes its `ray start` created. Each test takes one node, so the module needs three.
+
+What must hold afterwards is what a user relies on: the command succeeds, and every input row is accounted for
+exactly once (prepared + rejected = input; every contestant scored on every product, no pair twice). The retry
+policy that makes it so is ACTOR_RETRY_POLICY in phi3v_ray/data/actor_retries.py (preprocessing and scoring pools);
+with restarts off (max_restarts=0) both commands fail here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from support.ray_cluster import TwoNodeCluster, WorkerNode, kill_node, multi_node_cluster
+
+BUSY_TIMEOUT_S = 480  # driver start + data reads + actor start; minutes when the 2 cores are shared
+RUN_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[TwoNodeCluster]:
+    """Head (0 CPUs) + three worker nodes of 2 CPUs: one node to lose per test, two to recover on."""
+    yield from multi_node_cluster(workers=3, worker_cpus=2)
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Path:
+    """A split sample catalog: enough train rows that preprocessing is still running when a node goes."""
+    from phi3v_ray.data.split import split_catalog
+    from phi3v_ray.data.synth import synth_catalog
+
+    directory = tmp_path_factory.mktemp("node-loss") / "catalog"
+    synth_catalog(directory, 160, seed=5, broken_url_share=0.0)
+    split_catalog(directory, ratios=(0.8, 0.1, 0.1))
+    return directory
+
+
+def _start_cli(cluster: TwoNodeCluster, log: Path, *cli: str) -> subprocess.Popen:
+    """`phi3v-ray <cli>` as a driver of `cluster` (it attaches to the head's raylet, which is never killed)."""
+    env = {**cluster.env, "RAY_ADDRESS": cluster.gcs_address, "WANDB_MODE": "disabled"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "phi3v_ray.cli", *cli],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _kill_busy_node(cluster: TwoNodeCluster, driver: subprocess.Popen, udf: str, log: Path) -> WorkerNode:
+    """Once a task of the `udf` actor pool is RUNNING on a worker node, kill that node (while the driver still runs)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert driver.poll() is None, f"finished before any node was lost:\n{log.read_text()[-4000:]}"
+        try:
+            running = cluster.state("tasks", state="RUNNING")
+        except OSError:
+            running = []
+        for task in running:
+            node = cluster.worker_on(task.get("node_id") or "")
+            name = task.get("name", "")
+            busy = udf in name and "__init__" not in name  # processing a batch, not still starting up
+            if busy and node is not None and node.process.poll() is None:
+                kill_node(node)
+                assert driver.poll() is None, "the driver finished while the node was being killed"
+                return node
+        time.sleep(0.5)
+    raise AssertionError(
+        f"no {udf} task ran on a worker node in {BUSY_TIMEOUT_S}s:\n{log.read_text()[-4000:]}"
+    )
+
+
+def _finish(driver: subprocess.Popen, log: Path) -> str:
+    try:
+        driver.wait(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        raise AssertionError(
+            f"still running {RUN_TIMEOUT_S}s after the kill:\n{log.read_text()[-4000:]}"
+        ) from None
+    output = log.read_text()
+    assert driver.returncode == 0, f"exit {driver.returncode} after a node was lost:\n{output[-5000:]}"
+    return output
+
+
+def _restarted_actors(cluster: TwoNodeCluster, udf: str) -> int:
+    """How many actors of the `udf` pool Ray recreated (proof that the kill hit the pool, not just a bystander)."""
+    actors = cluster.state("actors")
+    return sum(int(a.get("num_restarts") or 0) for a in actors if udf in (a.get("repr_name") or ""))
+
+
+def test_preprocessing_survives_losing_a_node_and_every_row_is_accounted_once(
+    cluster: TwoNodeCluster, catalog: Path, tmp_path: Path
+) -> None:
+    prepared_dir = tmp_path / "prepared"
+    log = tmp_path / "prepare.log"
+    driver = _start_cli(
+        cluster,
+        log,
+        "data", "prepare", "--catalog", str(catalog), "--splits", "train",
+        "--set", f"data.prepared_dir={prepared_dir}", "--set", "model.num_crops=4", "--set", "data.preprocess_cpus=1",
+    )  # fmt: skip
+    lost = _kill_busy_node(cluster, driver, "ExamplePreparer", log)
+    output = _finish(driver, log)
+    assert _restarted_actors(cluster, "ExamplePreparer") >= 1, "no preprocessing actor was on the lost node"
+
+    (entry,) = [meta.parent for meta in prepared_dir.glob("train-*/meta.json")]
+    meta = json.loads((entry / "meta.json").read_text())
+    examples = pd.read_parquet(entry / "examples", columns=["row_id"])
+    rejects = pd.read_parquet(entry / "rejects.parquet")
+    split_rows = len(pd.read_parquet(catalog / "splits.parquet").query("split == 'train'"))
+    # input = prepared + rejected, from the files themselves (not only the summary the command printed).
+    assert meta["input_rows"] == split_rows == len(examples) + len(rejects), output[-2000:]
+    assert (meta["prepared"], meta["rejected"]) == (len(examples), len(rejects))
+    assert not examples["row_id"].duplicated().any(), "a retried batch wrote its examples twice"
+    assert not rejects["row_id"].duplicated().any(), "a retried batch logged its rejects twice"
+    every_row = sorted([*examples["row_id"], *rejects["row_id"]])
+    assert every_row == list(range(split_rows)), "rows missing after the node was lost"
+    assert lost.process.poll() is not None
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """Three untrained LoRA checkpoints of the tiny base (distinct seeds, so distinct contestants)."""
+    from support.synthetic_checkpoints import make_lora_checkpoint
+
+    root = tmp_path_factory.mktemp("node-loss-sweep") / "sweep"
+    for seed in range(3):
+        make_lora_checkpoint(root / f"trial_{seed}" / "checkpoint_000000", steps=0, seed=seed)
+    return root
+
+
+def test_evaluation_survives_losing_a_node_and_scores_every_pair_once(
+    cluster: TwoNodeCluster, catalog: Path, sweep: Path, tmp_path: Path
+) -> None:
+    from phi3v_ray.data.split import load_split_rows
+
+    output_dir = tmp_path / "evaluation"
+    log = tmp_path / "evaluate.log"
+    # 48 train products, preprocessed on the fly in blocks of 16: three blocks, so both actors get batches.
+    driver = _start_cli(
+        cluster,
+        log,
+        "evaluate", "--checkpoints", str(sweep), "--catalog", str(catalog), "--split", "train", "--batch-size", "4",
+        "--output", str(output_dir), "--no-plots",
+        "--set", "evaluate.num_actors=2", "--set", "evaluate.max_new_tokens=6", "--set", "data.max_train_examples=48",
+        "--set", f"data.prepared_dir={tmp_path / 'prepared'}", "--set", "data.preprocess_cpus=1",
+    )  # fmt: skip
+    _kill_busy_node(cluster, driver, "CheckpointPredictor", log)
+    _finish(driver, log)
+    assert _restarted_actors(cluster, "CheckpointPredictor") >= 1, "no evaluation actor was on the lost node"
+
+    contestants = {"base", "trivial", *(f"sweep/trial_{seed}/checkpoint_000000" for seed in range(3))}
+    board = pd.read_csv(output_dir / "leaderboard.csv")
+    assert set(board["checkpoint"]) == contestants
+    products = load_split_rows(catalog, "train", 48)["product_code"]
+    assert products.is_unique  # so (contestant, product) names one evaluation row
+    predictions = pd.read_parquet(output_dir / "predictions.parquet")
+    assert predictions["load_error"].isna().all()
+    pairs = predictions[["checkpoint", "product_code"]]
+    assert not pairs.duplicated().any(), "a retried batch was scored twice"
+    expected = {(name, int(code)) for name in contestants for code in products}
+    assert set(map(tuple, pairs.itertuples(index=False))) == expected
+    assert len(pairs) == len(expected)
+
+
+def test_rejects_of_a_retried_batch_are_counted_once(tmp_path: Path) -> None:
+    """The idempotence the retry policy relies on, without a cluster: the same batch prepared twice (an attempt that
+    died after writing its rejects, then the retry) leaves one rejects record per row."""
+    import numpy as np
+
+    from phi3v_ray.config import ExperimentConfig
+    from phi3v_ray.data.examples import processor_settings
+    from phi3v_ray.data.preprocess import ExamplePreparer
+    from phi3v_ray.data.rejects import RejectsLog
+
+    preparer = ExamplePreparer(
+        processor_settings(ExperimentConfig()), prompt_only=True, rejects_dir=str(tmp_path / "rejects")
+    )
+    missing = str(tmp_path / "no-such-image.jpg")
+    batch = {
+        "row_id": np.array([3, 7]),
+        "product_code": np.array([1, 2]),
+        "title": np.array(["A", "B"], dtype=object),
+        "category3_code": np.array(["X", "Y"], dtype=object),
+        "full_price": np.array([10.0, 20.0]),
+        "local_image_path": np.array([missing, missing], dtype=object),
+        "status": np.array(["ok", "ok"], dtype=object),
+    }
+    for _attempt in range(2):
+        assert list(preparer(batch)) == []
+    rejects = RejectsLog(directory=tmp_path / "rejects", input_rows=2)
+    assert len(os.listdir(tmp_path / "rejects")) == 1
+    assert rejects.summary(0).reconciles and rejects.summary(0).rejected == 2
