@@ -50,7 +50,9 @@ def test_ctrl_c_during_a_stage_stops_cleanly_and_says_how_to_resume(tmp_path) ->
             process.kill()
     reader.join(timeout=10)
     stderr = process.stderr.read()
-    assert returncode == 130, (lines, stderr[-3000:])
+    # 130 from the command, or death by the SIGINT itself once the message is out (Python re-raises an interrupt
+    # that lands during interpreter shutdown): a shell reports both as $? = 130.
+    assert returncode in (130, -signal.SIGINT), (lines, stderr[-3000:])
     assert "Traceback" not in stderr, stderr[-3000:]
     assert any(line.startswith("[2/6] warm start") and "interrupted after" in line for line in lines), lines
     assert f"run `phi3v-ray demo --out {out} --rows 40` again to resume" in stderr

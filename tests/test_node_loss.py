@@ -96,10 +96,13 @@ def _finish(driver: subprocess.Popen, log: Path) -> str:
     return output
 
 
-def _restarted_actors(cluster: TwoNodeCluster, udf: str) -> int:
-    """How many actors of the `udf` pool Ray recreated (proof that the kill hit the pool, not just a bystander)."""
-    actors = cluster.state("actors")
-    return sum(int(a.get("num_restarts") or 0) for a in actors if udf in (a.get("repr_name") or ""))
+def _pool_actors_hit(cluster: TwoNodeCluster, udf: str, lost_node_id: str) -> int:
+    """Actors of the `udf` pool that the kill took: recreated ones (their record moved to another node) plus those
+    whose record still names the lost node (the pool finished without recreating them). Proof the kill hit the
+    pool, not just a bystander node."""
+    actors = [a for a in cluster.state("actors") if udf in (a.get("repr_name") or a.get("class_name") or "")]
+    restarted = sum(int(a.get("num_restarts") or 0) for a in actors)
+    return restarted + sum(a.get("node_id") == lost_node_id for a in actors)
 
 
 def test_preprocessing_survives_losing_a_node_and_every_row_is_accounted_once(
@@ -115,7 +118,9 @@ def test_preprocessing_survives_losing_a_node_and_every_row_is_accounted_once(
     )  # fmt: skip
     lost = _kill_busy_node(cluster, driver, "ExamplePreparer", log)
     output = _finish(driver, log)
-    assert _restarted_actors(cluster, "ExamplePreparer") >= 1, "no preprocessing actor was on the lost node"
+    assert _pool_actors_hit(cluster, "ExamplePreparer", lost.node_id) >= 1, (
+        "no preprocessing actor was on the lost node"
+    )
 
     (entry,) = [meta.parent for meta in prepared_dir.glob("train-*/meta.json")]
     meta = json.loads((entry / "meta.json").read_text())
@@ -159,9 +164,11 @@ def test_evaluation_survives_losing_a_node_and_scores_every_pair_once(
         "--set", "evaluate.num_actors=2", "--set", "evaluate.max_new_tokens=6", "--set", "data.max_train_examples=48",
         "--set", f"data.prepared_dir={tmp_path / 'prepared'}", "--set", "data.preprocess_cpus=1",
     )  # fmt: skip
-    _kill_busy_node(cluster, driver, "CheckpointPredictor", log)
+    lost = _kill_busy_node(cluster, driver, "CheckpointPredictor", log)
     _finish(driver, log)
-    assert _restarted_actors(cluster, "CheckpointPredictor") >= 1, "no evaluation actor was on the lost node"
+    assert _pool_actors_hit(cluster, "CheckpointPredictor", lost.node_id) >= 1, (
+        "no evaluation actor was on the lost node"
+    )
 
     contestants = {"base", "trivial", *(f"sweep/trial_{seed}/checkpoint_000000" for seed in range(3))}
     board = pd.read_csv(output_dir / "leaderboard.csv")
