@@ -16,24 +16,14 @@ from typing import Any
 
 from phi3v_ray.checkpoint import CheckpointMeta
 from phi3v_ray.errors import UserError
+from phi3v_ray.evaluation.leaderboard import SCORE_COLUMNS
 from phi3v_ray.export.choose import Choice
 
 OFFICIAL_HUB_ID = "microsoft/Phi-3-vision-128k-instruct"
 SECRET_WORDS = ("key", "token", "secret", "password", "credential")
 HYPERPARAMETER_SECTIONS = ("finetune", "optim")
 RUN_KEYS = ("epochs", "max_steps", "seed")
-CARD_METRICS = (
-    "n_examples",
-    "parse_rate",
-    "category_accuracy",
-    "title_exact_match",
-    "title_token_f1",
-    "price_mae",
-    "price_mape",
-    "price_median_ape",
-    "price_within_10pct",
-    "price_within_25pct",
-)
+CARD_METRICS = SCORE_COLUMNS  # the leaderboard's own score columns, in its order
 
 
 @dataclass(frozen=True)
