@@ -86,6 +86,16 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def processor():
+    """The tiny preset's processor (tiny tokenizer), for tests that prepare evaluation rows by hand."""
+    from phi3v_ray.model.configuration import Phi3VConfig
+    from phi3v_ray.model.processing import Phi3VProcessor
+    from phi3v_ray.model.tokenizer import tiny_tokenizer
+
+    return Phi3VProcessor.from_config(Phi3VConfig.preset("tiny"), tiny_tokenizer())
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """moto's standalone S3 server (ThreadedMotoServer) on loopback, at the endpoint the environment names."""
     from moto.server import ThreadedMotoServer

@@ -27,15 +27,6 @@ SETTINGS = EvalSection(batch_size=4, max_new_tokens=MAX_NEW_TOKENS, cpus_per_act
 
 
 @pytest.fixture(scope="module")
-def processor():
-    from phi3v_ray.model.configuration import Phi3VConfig
-    from phi3v_ray.model.processing import Phi3VProcessor
-    from phi3v_ray.model.tokenizer import tiny_tokenizer
-
-    return Phi3VProcessor.from_config(Phi3VConfig.preset("tiny"), tiny_tokenizer())
-
-
-@pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     """A sweep directory: trained, untrained, corrupt-weights and bad-meta checkpoints side by side."""
     root = tmp_path_factory.mktemp("sweep")

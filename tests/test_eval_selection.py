@@ -41,15 +41,6 @@ TEST_ONLY = SELECT.model_copy(update={"select_on": None})
 
 
 @pytest.fixture(scope="module")
-def processor():
-    from phi3v_ray.model.configuration import Phi3VConfig
-    from phi3v_ray.model.processing import Phi3VProcessor
-    from phi3v_ray.model.tokenizer import tiny_tokenizer
-
-    return Phi3VProcessor.from_config(Phi3VConfig.preset("tiny"), tiny_tokenizer())
-
-
-@pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     make_lora_checkpoint(root / "trial_a" / "checkpoint_000010", steps=0, seed=0)
