@@ -291,6 +291,8 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 def run_records(path: Path) -> Iterator[bytes]:
     """Yield the raw protobuf payloads of a `.wandb` file (leveldb log blocks, W&B header first)."""
     data = path.read_bytes()
+    if len(data) < _HEADER.size:  # just created: the writer has not flushed the header yet
+        return
     ident, magic, _version = _HEADER.unpack_from(data, 0)
     if ident != b":W&B" or magic != 0xBEE1:
         raise ValueError(f"{path}: not a W&B run file")
@@ -302,6 +304,8 @@ def run_records(path: Path) -> Iterator[bytes]:
             continue
         _crc, length, kind = _RECORD.unpack_from(data, offset)
         start = offset + _RECORD.size
+        if start + length > len(data):  # the writer is mid-record: what follows is not on disk yet
+            return
         chunk = data[start : start + length]
         offset = start + length
         if kind == 0 and length == 0:
@@ -329,9 +333,14 @@ def has_exit_record(run_dir: str | os.PathLike[str]) -> bool:
     """True once the run folder's `.wandb` file holds the exit record (wandb writes it last, after finish())."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    from google.protobuf.message import DecodeError
+
     for payload in run_records(run_file(run_dir)):
         record = pb.Record()
-        record.ParseFromString(payload)
+        try:
+            record.ParseFromString(payload)
+        except DecodeError:  # a record caught mid-write by a live writer: the exit record is not there yet
+            return False
         if record.WhichOneof("record_type") == "exit":
             return True
     return False

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from phi3v_ray.config import WandbSection
-from phi3v_ray.tracking import TrainingRun, find_offline_runs, seal_run, start_tracking
+from phi3v_ray.tracking import TrainingRun, find_offline_runs, has_exit_record, run_file, seal_run, start_tracking
 
 from support.wandb_files import IncompleteRunError, read_offline_run, read_run
 
@@ -109,6 +109,24 @@ def test_rows_logged_at_one_step_arrive_as_one_row_and_finish_returns_a_complete
         (1, 2.0, None),
         (2, 1.5, 1.7),
     ]
+
+
+def test_a_run_file_caught_mid_write_reads_as_unfinished_instead_of_raising(tmp_path: Path) -> None:
+    """CI once read a live `.wandb` file while wandb was appending and died on a half-written record."""
+    tracker = start_tracking(
+        SECTION, CONFIG, rank=0, run_id="live", run_name="live", group="g", directory=str(tmp_path)
+    )
+    for step in range(1, 40):
+        tracker.log({"train/loss": 1.0 / step}, step=step)
+    tracker.finish()
+    (folder,) = find_offline_runs(tmp_path, "live")
+    whole = run_file(folder).read_bytes()
+    assert has_exit_record(folder)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for cut in sorted({0, 3, 7, 8, 30, *range(40, len(whole) - 1, max(1, len(whole) // 97)), len(whole) - 1}):
+        (copy / "run-live.wandb").write_bytes(whole[:cut])
+        assert not has_exit_record(copy), f"a file cut at byte {cut} of {len(whole)} claims to be finished"
 
 
 def test_attempts_are_found_by_exact_run_id_not_by_a_suffix_of_another(tmp_path: Path) -> None:
