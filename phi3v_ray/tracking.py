@@ -331,9 +331,8 @@ def run_file(run_dir: str | os.PathLike[str]) -> Path:
 
 def has_exit_record(run_dir: str | os.PathLike[str]) -> bool:
     """True once the run folder's `.wandb` file holds the exit record (wandb writes it last, after finish())."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
     from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2 as pb
 
     for payload in run_records(run_file(run_dir)):
         record = pb.Record()

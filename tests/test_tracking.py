@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from phi3v_ray.config import WandbSection
-from phi3v_ray.tracking import TrainingRun, find_offline_runs, has_exit_record, run_file, seal_run, start_tracking
+from phi3v_ray.tracking import (
+    TrainingRun,
+    find_offline_runs,
+    has_exit_record,
+    run_file,
+    seal_run,
+    start_tracking,
+)
 
 from support.wandb_files import IncompleteRunError, read_offline_run, read_run
 
