@@ -17,6 +17,7 @@ Measured from the run's W&B attempts (one offline folder per attempt, same run i
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +103,15 @@ def measure(mode: str, args: argparse.Namespace, work: Path) -> dict[str, float]
         if driver.returncode != 0:
             raise RuntimeError((tmp / "driver.log").read_text()[-3000:])
     finally:
+        if args.keep:  # Ray's own logs (controller, workers, raylets) go with the kept work folder
+            shutil.copytree(
+                cluster.temp_dir,
+                tmp / "ray",
+                ignore=shutil.ignore_patterns("*.sock", "sockets"),
+                symlinks=True,
+                ignore_dangling_symlinks=True,
+                dirs_exist_ok=True,
+            )
         cluster_iter.close()
     runs = attempts(tmp / "wandb")
     steps = [int(row["trainer/step"]) for rows in runs for row in rows]
@@ -123,9 +133,18 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=10)
     parser.add_argument("--at", type=int, default=14, help="lose the node once this many steps are logged")
     parser.add_argument("--drain-s", type=int, default=10, help="the notice period (AWS gives ~120 s)")
+    parser.add_argument("--modes", nargs="+", default=["kill", "notice"], choices=["kill", "notice"])
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work folder (driver logs, runs) and print it"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="phi3v-node-loss-"))
-    results = {mode: measure(mode, args, work) for mode in ("kill", "notice")}
+    results = {mode: measure(mode, args, work) for mode in args.modes}
+    if args.keep:
+        print(f"work folder: {work}")
+    if set(results) != {"kill", "notice"}:
+        print(results)
+        return
     kill, notice = results["kill"], results["notice"]
     print(
         f"\nlosing the training node at step >= {args.at} of {args.max_steps} (checkpoint every "

@@ -3,7 +3,9 @@
 A checkpoint is a directory holding
   adapter/           PEFT adapter (LoRA mode) or model/ (full fine-tune: consolidated safetensors + config.json),
   engine/            DeepSpeed resume state (written and read only by phi3v_ray.train.saving),
-  probe.safetensors  one validation example's inputs and its last logits at save time, and
+  probe.safetensors  one validation example's inputs and its last logits at save time,
+  parts/             one record per training rank of the files it wrote and their sizes (phi3v_ray.train.resume:
+                     a restart trusts only a checkpoint whose every part arrived whole), and
   meta.json          a `CheckpointMeta`: format tag, mode, the base model's ModelSection, the experiment, progress.
 
 Readers get a typed `CheckpointMeta`, so nobody guesses a missing field's default: the base model's dtype, attention

@@ -21,6 +21,12 @@ import yaml
 
 from phi3v_ray.errors import ConfigError
 
+# A custom resource only the (on-demand) head advertises in cluster.yaml. With `CPU: 0` on the head, a Tune trial
+# driver that reserves CPUs can only land on a spot worker, and Ray Train attaches the trial's TrainController to
+# the driver's node: one reclaimed node would take a trial's controller along with its workers. Trial drivers
+# reserve one unit of it instead of CPUs (phi3v_ray.tune.resources), so drivers and controllers live on the head.
+DRIVER_RESOURCE = "phi3v_driver"
+
 
 class InstanceShape(NamedTuple):
     """What Ray autodetects on an AWS instance type: vCPUs and GPUs (the GPU model is for the printout)."""
@@ -81,6 +87,9 @@ class NodeType:
     is_head: bool
     spot: bool
     gpu_model: str = ""
+    driver_slots: int = (
+        0  # units of the head-only trial-driver resource (phi3v_ray.tune.resources.DRIVER_RESOURCE)
+    )
 
     def describe(self) -> str:
         """One printable line: name, instance, resources, scaling range, market."""
@@ -254,6 +263,7 @@ def node_types(cluster_cfg: dict[str, Any], source: str = "<cluster>") -> list[N
                 is_head=is_head,
                 spot=str(market.get("MarketType", "")).lower() == "spot",
                 gpu_model=shape.gpu_model if shape else "",
+                driver_slots=int(resources.get(DRIVER_RESOURCE, 0)),
             )
         )
     return result

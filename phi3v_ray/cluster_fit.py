@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from phi3v_ray.cluster import NodeType, node_types
+from phi3v_ray.cluster import DRIVER_RESOURCE, NodeType, node_types
 from phi3v_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -81,8 +81,9 @@ class ExperimentFit:
         driver, workers = self.trial_bundles[0], self.trial_bundles[1:]
         cpus = sum(b[0] for b in self.trial_bundles)
         gpus = sum(b[1] for b in self.trial_bundles)
+        where = f"driver {_num(driver[0])} CPU" if driver[0] else "driver on the head"
         out = [
-            f"one trial needs {_num(cpus)} CPU, {_num(gpus)} GPU: driver {_num(driver[0])} CPU + "
+            f"one trial needs {_num(cpus)} CPU, {_num(gpus)} GPU: {where} + "
             f"{len(workers)} workers x ({_num(workers[0][0])} CPU, {_num(workers[0][1])} GPU)"
         ]
         for cap in self.trial_capacity:
@@ -115,7 +116,8 @@ def check_experiment_fits(cluster_cfg: dict[str, Any], experiment_cfg: Experimen
     scaling, tune, evaluate = experiment_cfg.scaling, experiment_cfg.tune, experiment_cfg.evaluate
 
     worker_gpus = scaling.gpus_per_worker if scaling.use_gpu else 0.0
-    trial: list[Bundle] = [(tune.trial_driver_cpus, 0.0)] + [(scaling.cpus_per_worker, worker_gpus)] * (
+    driver_cpus = 0.0 if head.driver_slots else tune.trial_driver_cpus  # a pinned driver holds no worker CPU
+    trial: list[Bundle] = [(driver_cpus, 0.0)] + [(scaling.cpus_per_worker, worker_gpus)] * (
         scaling.num_workers
     )
     choices = [None] + workers if head.cpus > 0 else workers  # a CPU-0 head alone can host nothing
@@ -126,7 +128,8 @@ def check_experiment_fits(cluster_cfg: dict[str, Any], experiment_cfg: Experimen
         raise ConfigError(
             f"scaling: one trial needs {_num(sum(b[0] for b in trial))} CPU and {_num(sum(b[1] for b in trial))} GPU "
             f"({scaling.num_workers} workers x ({_num(scaling.cpus_per_worker)} CPU, {_num(worker_gpus)} GPU) + "
-            f"{_num(tune.trial_driver_cpus)} CPU trial driver), which fits no node type even at max_workers; "
+            + (f"{_num(driver_cpus)} CPU trial driver" if driver_cpus else "a trial driver on the head")
+            + "), which fits no node type even at max_workers; "
             f"the largest is {largest.name} ({largest.instance_type}: {largest.cpus} CPU, {largest.gpus} GPU, "
             f"up to {max(largest.max_workers, 1)} node(s))"
         )
@@ -141,7 +144,14 @@ def check_experiment_fits(cluster_cfg: dict[str, Any], experiment_cfg: Experimen
         )
 
     limit = min(tune.num_samples, tune.max_concurrent_trials or tune.num_samples)
+    if head.driver_slots:
+        limit = min(limit, head.driver_slots)
     warnings = []
+    if not head.driver_slots and any(t.spot for t in workers):
+        warnings.append(
+            f"the head has no {DRIVER_RESOURCE} resource: Tune trial drivers and their Train controllers would run "
+            f"on worker nodes, spot ones included; add `{DRIVER_RESOURCE}: 64` to the head's resources"
+        )
     if not scaling.use_gpu and any(t.gpus for t in types):
         warnings.append("scaling.use_gpu is false: training would run on CPUs of a GPU cluster")
     if evaluate.gpus_per_actor == 0 and any(t.gpus for t in types):

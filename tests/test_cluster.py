@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from phi3v_ray.cluster import (
+    DRIVER_RESOURCE,
     load_cluster_yaml,
     node_types,
     validate_cluster_config,
@@ -249,7 +250,30 @@ def test_trial_may_span_several_nodes_of_one_type(prepared_cluster: dict[str, An
         cap.node_type: cap for cap in check_experiment_fits(prepared_cluster, experiment).trial_capacity
     }
     assert by_type["gpu_a10g"].per_node == 0
-    assert by_type["gpu_a10g"].at_once == 1  # 4 nodes x (48 CPU) hold 8 x 12 CPU once, not twice (+ drivers)
+    # 4 nodes x 48 CPU hold 8 x 12 CPU twice: the trial drivers sit on the head (phi3v_driver), not on the workers.
+    assert by_type["gpu_a10g"].at_once == 2
+
+
+def test_without_the_head_driver_resource_drivers_take_worker_cpus_and_the_check_warns(
+    raw_cluster: dict[str, Any],
+) -> None:
+    del raw_cluster["available_node_types"]["head"]["resources"][DRIVER_RESOURCE]
+    prepared = validate_cluster_config(raw_cluster)
+    experiment = _experiment(scaling={"num_workers": 8, "use_gpu": True, "cpus_per_worker": 12})
+    fit = check_experiment_fits(prepared, experiment)
+    by_type = {cap.node_type: cap for cap in fit.trial_capacity}
+    assert by_type["gpu_a10g"].at_once == 1  # 2 x (96 CPU + a 0.5-CPU driver) do not fit in 4 x 48 CPU
+    assert any(f"no {DRIVER_RESOURCE} resource" in warning and "spot" in warning for warning in fit.warnings)
+    assert "driver 0.5 CPU" in fit.lines()[0]
+
+
+def test_cluster_yaml_pins_trial_drivers_to_the_on_demand_head(prepared_cluster: dict[str, Any]) -> None:
+    head = next(node for node in node_types(prepared_cluster) if node.is_head)
+    assert head.driver_slots > 0 and head.cpus == 0 and not head.spot
+    assert all(node.driver_slots == 0 for node in node_types(prepared_cluster) if not node.is_head)
+    fit = check_experiment_fits(prepared_cluster, _experiment())
+    assert fit.trial_bundles[0] == (0.0, 0.0) and "driver on the head" in fit.lines()[0]
+    assert not any(DRIVER_RESOURCE in warning for warning in fit.warnings)
 
 
 def test_worker_bigger_than_every_node_is_rejected_with_numbers(prepared_cluster: dict[str, Any]) -> None:
@@ -257,14 +281,14 @@ def test_worker_bigger_than_every_node_is_rejected_with_numbers(prepared_cluster
     with pytest.raises(ConfigError) as error:
         check_experiment_fits(prepared_cluster, experiment)
     message = str(error.value)
-    assert "one trial needs 2.5 CPU and 18 GPU" in message
+    assert "one trial needs 2 CPU and 18 GPU" in message
     assert "2 workers x (1 CPU, 9 GPU)" in message
     assert "gpu_a100 (p4d.24xlarge: 96 CPU, 8 GPU" in message
 
 
 def test_trial_larger_than_the_whole_cluster_is_rejected(prepared_cluster: dict[str, Any]) -> None:
     experiment = _experiment(scaling={"num_workers": 20, "use_gpu": True, "cpus_per_worker": 2})
-    with pytest.raises(ConfigError, match=r"one trial needs 40.5 CPU and 20 GPU .* fits no node type"):
+    with pytest.raises(ConfigError, match=r"one trial needs 40 CPU and 20 GPU .* fits no node type"):
         check_experiment_fits(prepared_cluster, experiment)
 
 
@@ -369,7 +393,7 @@ def test_cli_exits_two_when_an_experiment_does_not_fit(
         _cluster_check([str(CLUSTER_FILE), "--experiment", str(experiment), "--experiment", str(good)]) == 2
     )
     captured = capsys.readouterr()
-    assert "huge.yaml: scaling: one trial needs 64.5 CPU and 64 GPU" in captured.err
+    assert "huge.yaml: scaling: one trial needs 64 CPU and 64 GPU" in captured.err
     assert "burberry_lora_sweep.yaml: fits" in captured.out  # the other experiment is still reported
 
 

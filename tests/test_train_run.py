@@ -182,3 +182,35 @@ def test_full_finetune_zero3_saves_a_consolidated_16bit_safetensors_model(ray_lo
     model = model.float()
     # Reloaded weights reproduce the training engine's logits up to bf16 rounding.
     assert ckpt.probe_matches(model, result.checkpoint.path, atol=0.1) < 0.1
+
+
+def test_a_checkpoint_whose_report_was_lost_is_resumed_from_and_a_broken_newer_one_is_not(
+    zero3_run, tmp_path
+):
+    """Ray Train restarts from the checkpoints its controller registered; a node lost between a worker's report and
+    the controller's poll loses the registration but not the files. Here Ray knows none of the run's checkpoints
+    (its snapshot is gone), the newest folder lost a rank's upload halfway, and the one before is whole."""
+    import shutil
+
+    from phi3v_ray.tracking import find_offline_runs
+    from phi3v_ray.train.resume import PARTS_DIR
+
+    from support.wandb_files import read_complete_offline_run
+
+    config, uninterrupted, tmp = zero3_run
+    run_dir = tmp_path / "runs" / "zero3"
+    shutil.copytree(tmp / "runs" / "zero3", run_dir)
+    (run_dir / "checkpoint_manager_snapshot.json").unlink()
+    newest, *older = sorted((p for p in run_dir.glob("checkpoint_0*") if p.is_dir()), reverse=True)
+    rank1 = json.loads((newest / PARTS_DIR / "rank-1-of-2.json").read_text())["files"]
+    biggest = max(rank1, key=rank1.get)
+    (newest / biggest).write_bytes((newest / biggest).read_bytes()[: rank1[biggest] // 2])
+    resume_step = int(older[0].name.split("_")[1])
+    assert 0 < resume_step < STEPS
+
+    result = _fit(demo_config(tmp_path, *COMMON, "deepspeed.zero_stage=3", "run.name=zero3"))
+    (attempt,) = [read_complete_offline_run(p) for p in find_offline_runs(tmp_path / "wandb", "zero3")]
+    steps = [row["trainer/step"] for row in attempt.history if "train/loss" in row]
+    assert steps == list(range(resume_step + 1, STEPS + 1)), "resumed from the whole checkpoint, not from 0"
+    assert result.metrics["step"] == result.metrics["adam_step"] == STEPS
+    assert result.metrics["lr"] == pytest.approx(uninterrupted.metrics["lr"], abs=1e-12)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from phi3v_ray.cluster import DRIVER_RESOURCE
 from phi3v_ray.config import config_from_dict
 from phi3v_ray.errors import ConfigError
-from phi3v_ray.tune.resources import concurrent_capacity, max_concurrent_trials, trial_need
+from phi3v_ray.tune.resources import concurrent_capacity, driver_resources, max_concurrent_trials, trial_need
 
 
 def _config(**sections: dict):
@@ -19,6 +20,17 @@ def test_cpu_trial_need_counts_driver_and_every_worker() -> None:
     )
     assert (need.cpus, need.gpus) == (1.0, 0.0)
     assert "driver 0.5 CPU + 2 workers × 0.25 CPU" in need.describe()
+
+
+def test_on_a_cluster_whose_head_offers_the_driver_resource_drivers_reserve_it_and_no_cpu() -> None:
+    config = _config(scaling={"num_workers": 2, "cpus_per_worker": 0.25}, tune={"trial_driver_cpus": 0.5})
+    assert driver_resources(trial_need(config, {"CPU": 4.0})) == {"cpu": 0.5, "gpu": 0}
+    need = trial_need(config, {"CPU": 4.0, DRIVER_RESOURCE: 3.0})
+    assert driver_resources(need) == {"cpu": 0, "gpu": 0, DRIVER_RESOURCE: 1}
+    assert need.cpus == 0.5 and "driver on the head" in need.describe()
+    # 4 CPU fit 8 trials of 2 x 0.25 CPU, but the head has 3 driver slots
+    assert max_concurrent_trials(config, {"CPU": 4.0, DRIVER_RESOURCE: 3.0}) == 3
+    assert max_concurrent_trials(config, {"CPU": 4.0, DRIVER_RESOURCE: 64.0}) == 8
 
 
 def test_concurrency_defaults_to_what_the_cpus_fit_after_the_data_reserve() -> None:

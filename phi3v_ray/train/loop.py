@@ -1,6 +1,7 @@
 """`train_loop_per_worker`: the training recipe each Ray Train worker runs, top to bottom.
 
-build model -> choose what trains (LoRA / full) -> DeepSpeed engine -> resume if Ray hands us a checkpoint ->
+build model -> choose what trains (LoRA / full) -> DeepSpeed engine -> resume from Ray's checkpoint (or a newer
+whole one in storage whose report was lost with a node: train/resume.py) ->
 for each micro-batch: forward, backward, step -> at the cadence: log, validate, checkpoint, report to Ray.
 A preemption notice for the node adds a checkpoint at once (train/preemption.py).
 
@@ -31,6 +32,7 @@ from phi3v_ray.train.deepspeed import build_deepspeed_config
 from phi3v_ray.train.device import select_device, synced, to_device
 from phi3v_ray.train.faults import PlantedFailure
 from phi3v_ray.train.preemption import preemption_notice, wait_for_teardown
+from phi3v_ray.train.resume import choose_resume_checkpoint, write_part_record
 from phi3v_ray.train.schedule import planned_steps, scheduler_factory
 from phi3v_ray.train.trainable import apply_training_mode
 from phi3v_ray.train.validation import Validation, validate
@@ -76,7 +78,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # 3. Resume: Ray gives the latest reported checkpoint after a worker failure or when the run name is reused.
     state = RunState()
-    latest = ray.train.get_checkpoint()
+    latest = choose_resume_checkpoint(
+        ray.train.get_checkpoint(), rank
+    )  # Ray's, or a newer one whose report was lost
     if latest is not None:
         with latest.as_directory() as directory:
             state.step, state.epoch, state.epoch_step = saving.restore_engine(
@@ -319,6 +323,7 @@ def _save_and_report(
             rank=rank,
             probe=validation.probe if validation.step == state.step else None,
         )
+        write_part_record(local, rank=rank, world=dist.get_world_size())  # last: proves this part is whole
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(local),

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from phi3v_ray.cluster import DRIVER_RESOURCE
 from phi3v_ray.config import ExperimentConfig
 from phi3v_ray.errors import ConfigError
 
@@ -29,6 +30,7 @@ class TrialNeed:
     num_workers: int
     cpus_per_worker: float
     gpus_per_worker: float
+    driver_on_head: bool = False  # the driver reserves DRIVER_RESOURCE (head only) instead of driver_cpus
 
     @property
     def cpus(self) -> float:
@@ -45,25 +47,34 @@ class TrialNeed:
         worker = f"{self.cpus_per_worker:g} CPU" + (
             f" + {self.gpus_per_worker:g} GPU" if self.gpus_per_worker else ""
         )
-        return (
-            f"{self.cpus:g} CPU, {self.gpus:g} GPU per trial "
-            f"(driver {self.driver_cpus:g} CPU + {self.num_workers} workers × {worker})"
+        driver = (
+            f"driver on the head ({DRIVER_RESOURCE})"
+            if self.driver_on_head
+            else f"driver {self.driver_cpus:g} CPU"
         )
+        return f"{self.cpus:g} CPU, {self.gpus:g} GPU per trial ({driver} + {self.num_workers} workers × {worker})"
 
 
-def trial_need(config: ExperimentConfig) -> TrialNeed:
-    """Per-trial need from `tune.trial_driver_cpus` and the `scaling` section (GPUs only when use_gpu)."""
+def trial_need(config: ExperimentConfig, cluster: Mapping[str, float] | None = None) -> TrialNeed:
+    """Per-trial need from `tune.trial_driver_cpus` and the `scaling` section (GPUs only when use_gpu).
+
+    On a cluster whose head advertises DRIVER_RESOURCE the driver is pinned there and holds no CPU of the workers'.
+    """
     scaling = config.scaling
+    on_head = cluster is not None and float(cluster.get(DRIVER_RESOURCE, 0.0)) >= 1.0
     return TrialNeed(
-        driver_cpus=config.tune.trial_driver_cpus,
+        driver_cpus=0.0 if on_head else config.tune.trial_driver_cpus,
         num_workers=scaling.num_workers,
         cpus_per_worker=scaling.cpus_per_worker,
         gpus_per_worker=scaling.gpus_per_worker if scaling.use_gpu else 0.0,
+        driver_on_head=on_head,
     )
 
 
 def driver_resources(need: TrialNeed) -> dict[str, float]:
     """What `tune.with_resources` reserves for the trial's driver (workers reserve their own placement group)."""
+    if need.driver_on_head:
+        return {"cpu": 0, "gpu": 0, DRIVER_RESOURCE: 1}
     return {"cpu": need.driver_cpus, "gpu": 0}
 
 
@@ -82,6 +93,8 @@ def concurrent_capacity(
     gpus = float(cluster.get("GPU", 0.0))
     _check_bundles_fit(need, nodes)
     limits = [math.floor(cpus / need.cpus + _EPSILON)]
+    if need.driver_on_head:  # one unit of the head's driver resource per trial
+        limits.append(math.floor(float(cluster.get(DRIVER_RESOURCE, 0.0)) + _EPSILON))
     if need.gpus > 0:
         limits.append(math.floor(gpus / need.gpus + _EPSILON))
     capacity = max(0, min(limits))
@@ -117,7 +130,7 @@ def max_concurrent_trials(
     `may_grow` (a remote cluster with an autoscaler) trusts an explicit max_concurrent_trials and starts with one
     trial when nothing fits yet, since nodes are added only once trials ask for them.
     """
-    need = trial_need(config)
+    need = trial_need(config, cluster)
     requested = config.tune.max_concurrent_trials
     if may_grow:
         try:

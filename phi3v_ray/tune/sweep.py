@@ -220,7 +220,7 @@ def run_sweep(
     resuming = _resuming(sweep_dir, resume)
     connect()
     cluster, nodes = resources.live_cluster()
-    need = resources.trial_need(config)
+    need = resources.trial_need(config, cluster)
     concurrency = resources.max_concurrent_trials(
         config,
         cluster,
