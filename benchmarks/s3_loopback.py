@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 BUCKET = "phi3v-bench"
+_SERVER: list[subprocess.Popen] = []  # the running server (one at a time), for server_cpu_seconds()
 
 
 def _free_port() -> int:
@@ -38,17 +39,20 @@ def _wait_for(port: int, timeout_s: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def loopback_s3() -> Iterator[str]:
+def loopback_s3(server_cpus: set[int] | None = None) -> Iterator[str]:
     """Start moto's S3 server on a free loopback port, point this process's environment at it, make BUCKET.
 
     Yields the bucket URI (s3://phi3v-bench). Call before Ray starts so its workers inherit the environment.
+    `server_cpus` pins the server to those cores (sched_setaffinity), to keep its cost off the cores Ray uses.
     """
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None,
     )
+    _SERVER[:] = [server]
     try:
         _wait_for(port)
         endpoint = f"http://127.0.0.1:{port}"
@@ -68,8 +72,17 @@ def loopback_s3() -> Iterator[str]:
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
         yield f"s3://{BUCKET}"
     finally:
+        _SERVER.clear()
         server.terminate()
         server.wait(timeout=30)
+
+
+def server_cpu_seconds() -> float:
+    """CPU seconds (user + system) the running S3 server has used so far: what a real endpoint costs no client."""
+    import psutil
+
+    times = psutil.Process(_SERVER[0].pid).cpu_times()
+    return times.user + times.system
 
 
 def upload_dir(local_dir: Path, uri: str) -> int:

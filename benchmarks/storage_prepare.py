@@ -15,7 +15,11 @@ Ray cluster of --cores CPUs. Two measurements per round, local and S3 alternatin
 Then the bucket run is repeated once to show that a rerun prepares nothing (it reuses the committed entry).
 A warm-up prepare of a small catalog in each mode runs first (worker processes, imports, S3 client).
 
-    python benchmarks/storage_prepare.py [--rows 3040] [--rounds 1] [--cores 2] [--no-steady]
+Moto answers every GET and PUT in Python on this machine, which a real S3 endpoint never does. The S3 rows report
+the CPU seconds the server used; `--isolate-server` pins the server to the last core and Ray (both modes) to the
+others, so the ratio compares what the client side costs with the server's CPU kept apart.
+
+    python benchmarks/storage_prepare.py [--rows 3040] [--rounds 1] [--cores 2] [--no-steady] [--isolate-server]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from s3_loopback import loopback_s3, median, quiet_ray_data, upload_dir  # noqa: E402
+from s3_loopback import loopback_s3, median, quiet_ray_data, server_cpu_seconds, upload_dir  # noqa: E402
 
 
 def make_catalog(root: Path, rows: int, seed: int) -> Path:
@@ -100,13 +104,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-crops", type=int, default=16, help="HD crop budget (default 16, Phi-3-Vision)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-steady", action="store_true", help="skip the steady-state measurement")
+    parser.add_argument(
+        "--isolate-server",
+        action="store_true",
+        help="pin the S3 server to the last core and Ray to the rest (Ray gets --cores minus 1 CPUs)",
+    )
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="phi3v-storage-prepare-"))
-    with loopback_s3() as bucket:
+    server_cpus, ray_cpus = None, args.cores
+    if args.isolate_server:
+        cores = sorted(os.sched_getaffinity(0))
+        server_cpus, ray_cpus = {cores[-1]}, len(cores) - 1
+        os.sched_setaffinity(0, set(cores[:-1]))  # Ray's processes inherit this from the driver
+        print(f"S3 server on core {cores[-1]}; driver and Ray on cores {cores[:-1]} ({ray_cpus} Ray CPUs)")
+    args.cores = ray_cpus
+    with loopback_s3(server_cpus) as bucket:
         import ray
 
         print(f"generating {args.rows} products in {work} ...", flush=True)
@@ -124,11 +140,17 @@ def main() -> None:
             end_to_end(experiment(warm_catalog, f"{prepared_at[mode]}-warm", args.num_crops), 16)
 
         results: dict[str, dict[str, list[float]]] = {m: {"e2e": [], "steady": []} for m in catalogs}
+        server_load: list[str] = []
         for round_index in range(args.rounds):
             order = ["local", "s3"] if round_index % 2 == 0 else ["s3", "local"]
             for mode in order:
                 config = experiment(catalogs[mode], f"{prepared_at[mode]}-{round_index}", args.num_crops)
+                cpu_before, wall_before = server_cpu_seconds(), time.perf_counter()
                 rate, _ = end_to_end(config, args.rows)
+                if mode == "s3":
+                    busy = server_cpu_seconds() - cpu_before
+                    wall = time.perf_counter() - wall_before
+                    server_load.append(f"{busy:.1f} CPU-s in {wall:.1f} s ({busy / wall:.2f} cores)")
                 results[mode]["e2e"].append(rate)
                 line = f"round {round_index + 1}/{args.rounds} {mode:>5}: end to end {rate:6.2f} products/s"
                 if not args.no_steady:
@@ -145,6 +167,7 @@ def main() -> None:
         rerun_s = time.perf_counter() - started
         ray.shutdown()
     report(args, results, reused, rerun_s)
+    print(f"  S3 server while preparing from the bucket (end to end): {'; '.join(server_load)}")
 
 
 def report(

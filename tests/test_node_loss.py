@@ -4,7 +4,8 @@ One real cluster for the module (tests/support/ray_cluster.py): a head with no C
 drivers stay on it and every actor lands on a worker node, plus three worker nodes of their own. Each test runs a
 real `phi3v-ray` command as a driver process against it, waits until the command's actors are busy on a worker node
 (the dashboard's state API), and kills that node the way a reclaimed spot instance goes: SIGKILL to exactly the
-processes its `ray start` created. Each test takes one node, so the module needs three.
+processes its `ray start` created. Each test takes one node, so the module needs four (the sweep test may take a
+second one if both trials packed onto the node it kills: Ray places them where they fit).
 
 What must hold afterwards is what a user relies on: the command succeeds, and every input row is accounted for
 exactly once (prepared + rejected = input; every contestant scored on every product, no pair twice). The retry
@@ -25,6 +26,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from phi3v_ray.cluster import DRIVER_RESOURCE
+
 from support.ray_cluster import TwoNodeCluster, WorkerNode, kill_node, multi_node_cluster
 
 BUSY_TIMEOUT_S = 480  # driver start + data reads + actor start; minutes when the 2 cores are shared
@@ -33,8 +36,9 @@ RUN_TIMEOUT_S = 600
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[TwoNodeCluster]:
-    """Head (0 CPUs) + three worker nodes of 2 CPUs: one node to lose per test, two to recover on."""
-    yield from multi_node_cluster(workers=3, worker_cpus=2)
+    """Head (0 CPUs, cluster.yaml's trial-driver resource) + four worker nodes of 2 CPUs: one node to lose per
+    test, the rest to recover on."""
+    yield from multi_node_cluster(workers=4, worker_cpus=2, head_resources={DRIVER_RESOURCE: 8})
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +53,11 @@ def catalog(tmp_path_factory) -> Path:
     return directory
 
 
-def _start_cli(cluster: TwoNodeCluster, log: Path, *cli: str) -> subprocess.Popen:
+def _start_cli(
+    cluster: TwoNodeCluster, log: Path, *cli: str, wandb_mode: str = "disabled"
+) -> subprocess.Popen:
     """`phi3v-ray <cli>` as a driver of `cluster` (it attaches to the head's raylet, which is never killed)."""
-    env = {**cluster.env, "RAY_ADDRESS": cluster.gcs_address, "WANDB_MODE": "disabled"}
+    env = {**cluster.env, "RAY_ADDRESS": cluster.gcs_address, "WANDB_MODE": wandb_mode}
     return subprocess.Popen(
         [sys.executable, "-m", "phi3v_ray.cli", *cli],
         env=env,
@@ -212,3 +218,130 @@ def test_rejects_of_a_retried_batch_are_counted_once(tmp_path: Path) -> None:
     rejects = RejectsLog(directory=tmp_path / "rejects", input_rows=2)
     assert len(os.listdir(tmp_path / "rejects")) == 1
     assert rejects.summary(0).reconciles and rejects.summary(0).rejected == 2
+
+
+# ---- a sweep losing the node its trials train on ----------------------------------------------------------------
+
+SWEEP_STEPS = 24
+SWEEP_CHECKPOINT_EVERY = 4
+SWEEP_LRS = (3.0e-3, 1.0e-3)
+
+
+def _sweep_train_rows(wandb_dir: Path) -> dict[str, list[list[dict]]]:
+    """run id -> each attempt's training rows so far (files still being written are read as far as they go)."""
+    from phi3v_ray.tracking import find_offline_runs
+
+    from support.wandb_files import read_offline_run
+
+    runs: dict[str, list[list[dict]]] = {}
+    run_ids = (
+        {path.stem.removeprefix("run-") for path in wandb_dir.rglob("run-*.wandb")}
+        if wandb_dir.is_dir()
+        else ()
+    )
+    for run_id in run_ids:
+        for folder in find_offline_runs(wandb_dir, run_id):
+            try:
+                history = read_offline_run(folder).history
+            except Exception:  # noqa: BLE001 - a record half-written this instant; the next poll reads it
+                history = []
+            runs.setdefault(run_id, []).append([row for row in history if "train/loss" in row])
+    return runs
+
+
+def _reference_lrs(catalog: Path, lr: float) -> dict[int, float]:
+    """step -> the learning rate an undisturbed trial with this peak lr logs after that step."""
+    import torch
+    from test_train_support import demo_config
+
+    from phi3v_ray.train.schedule import scheduler_factory
+
+    config = demo_config(catalog.parent / "reference", f"optim.lr={lr}")
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    schedule = scheduler_factory(config.optim, SWEEP_STEPS)(optimizer)
+    lrs = {}
+    for step in range(1, SWEEP_STEPS + 1):
+        optimizer.step()
+        schedule.step()
+        lrs[step] = float(schedule.get_last_lr()[0])
+    return lrs
+
+
+def test_a_sweep_survives_losing_a_training_node_and_every_trial_resumes_from_its_checkpoint(
+    cluster: TwoNodeCluster, catalog: Path, tmp_path: Path
+) -> None:
+    """Two trials train; once one is past a checkpoint, the node running its workers is killed. Both trials finish
+    with every step trained once in their merged W&B history, the hit one resumed from a checkpoint (not step 0),
+    the schedule where an undisturbed run has it; trial drivers and Train controllers never left the head."""
+    from support.wandb_files import read_run
+
+    storage = tmp_path / "runs"
+    space = "{optim.lr: {grid: [" + ", ".join(f"{lr:.1e}" for lr in SWEEP_LRS) + "]}}"
+    settings = [
+        f"data.catalog_dir={catalog}", f"data.prepared_dir={tmp_path / 'prepared'}", "model.num_crops=4",
+        "data.max_train_examples=16", "data.max_eval_examples=4", "data.length_grouping=false",
+        "data.preprocess_cpus=0.5", "optim.micro_batch=2", f"run.max_steps={SWEEP_STEPS}",
+        f"run.eval_every={SWEEP_CHECKPOINT_EVERY}", f"run.checkpoint_every={SWEEP_CHECKPOINT_EVERY}",
+        "run.keep_best=100", "run.val_generate_samples=0", "run.max_failures=2", f"run.storage_path={storage}",
+        "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", f"tune.search_space={space}", "tune.num_samples=1",
+        "tune.scheduler=fifo", "tune.max_concurrent_trials=2", "tune.name=spot-sweep", "wandb.mode=offline",
+    ]  # fmt: skip
+    log = tmp_path / "tune.log"
+    cli = ["tune", str(Path(__file__).parents[1] / "experiments" / "demo.yaml")] + [
+        arg for setting in settings for arg in ("--set", setting)
+    ]
+    driver = _start_cli(cluster, log, *cli, wandb_mode="offline")
+    wandb_dir = storage / "spot-sweep" / "wandb"
+
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    hit: WorkerNode | None = None
+    while hit is None:
+        assert time.monotonic() < deadline, f"no trial got past a checkpoint:\n{log.read_text()[-4000:]}"
+        assert driver.poll() is None, f"finished before any node was lost:\n{log.read_text()[-4000:]}"
+        progressed = any(
+            len(attempts[0]) >= SWEEP_CHECKPOINT_EVERY + 2
+            for attempts in _sweep_train_rows(wandb_dir).values()
+        )
+        if progressed:
+            workers = [
+                a for a in cluster.state("actors", state="ALIVE") if "RayTrainWorker" in a["class_name"]
+            ]
+            hit = next(
+                (cluster.worker_on(a["node_id"]) for a in workers if cluster.worker_on(a["node_id"])), None
+            )
+        time.sleep(0.5)
+    kill_node(hit)
+    output = _finish(driver, log)
+
+    results = pd.read_csv(storage / "spot-sweep" / "sweep_results.csv")
+    assert len(results) == 2 and set(results["status"]) == {"finished"}, results.to_string()
+    rows = _sweep_train_rows(wandb_dir)
+    assert set(rows) >= set(results["trial_id"]), "a trial has no W&B run"
+    restarted = 0
+    for trial_id, lr in zip(results["trial_id"], results["optim.lr"], strict=True):
+        run = read_run(wandb_dir, trial_id, timeout_s=30)  # one id per trial; the latest attempt complete
+        steps = [int(row["trainer/step"]) for row in run.history if "train/loss" in row]
+        assert steps == list(range(1, SWEEP_STEPS + 1)), f"{trial_id}: steps missing or repeated in W&B"
+        last = [row for row in run.history if "train/loss" in row][-1]
+        assert last["train/adam_step"] == SWEEP_STEPS, f"{trial_id}: optimizer state did not come back"
+        reference = _reference_lrs(catalog, float(lr))
+        logged = {int(r["trainer/step"]): r["train/lr"] for r in run.history if "train/loss" in r}
+        assert logged == pytest.approx(reference, rel=1e-6, abs=1e-12), f"{trial_id}: schedule not resumed"
+        attempts = rows[trial_id]
+        if len(attempts) > 1:
+            restarted += 1
+            first_new = attempts[-1][0]["trainer/step"]
+            # resumed right after a checkpoint the trial reached, never from scratch
+            assert first_new > 1 and (first_new - 1) % SWEEP_CHECKPOINT_EVERY == 0, (trial_id, first_new)
+    assert restarted >= 1, f"no trial was restarted by the node loss:\n{output[-3000:]}"
+
+    head = next(node["node_id"] for node in cluster.state("nodes") if node.get("is_head_node"))
+    drivers = [
+        a
+        for a in cluster.state("actors")
+        if a["class_name"] in ("TrainController",) or "ImplicitFunc" in a["class_name"]
+    ]
+    assert len(drivers) >= 4, [a["class_name"] for a in cluster.state("actors")]
+    assert {a["node_id"] for a in drivers} == {head}, (
+        "a trial driver or Train controller ran on a worker node"
+    )

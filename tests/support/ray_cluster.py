@@ -197,6 +197,7 @@ def _start_cluster(
     private_dirs: Sequence[Path] = (),
     *,
     head_cpus: float = 2,
+    head_resources: dict[str, float] | None = None,
     workers: Sequence[tuple[str, float]] = ((WORKER_MARKER, 1),),
 ) -> TwoNodeCluster:
     """Start the head, then every worker node (marker, CPUs) at once (appending each process to `started`);
@@ -210,7 +211,7 @@ def _start_cluster(
             "--port=0",
             f"--num-cpus={head_cpus:g}",
             "--num-gpus=0",
-            f"--resources={json.dumps({HEAD_MARKER: 1})}",
+            f"--resources={json.dumps({HEAD_MARKER: 1, **(head_resources or {})})}",
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             "--dashboard-port=0",
@@ -272,12 +273,19 @@ FAST_NODE_DEATH_ENV = {
 
 
 def multi_node_cluster(
-    workers: int = 2, *, worker_cpus: float = 2, head_cpus: float = 0, extra_env: dict[str, str] | None = None
+    workers: int = 2,
+    *,
+    worker_cpus: float = 2,
+    head_cpus: float = 0,
+    head_resources: dict[str, float] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[TwoNodeCluster]:
     """A head with `head_cpus` (0, like cluster.yaml's, so drivers stay there and work lands on worker nodes) and
-    `workers` worker nodes of `worker_cpus` each, marked `phi3v_test_worker_<i>`; node death is detected fast."""
+    `workers` worker nodes of `worker_cpus` each, marked `phi3v_test_worker_<i>`; node death is detected fast.
+    `head_resources` adds custom resources to the head (cluster.yaml's trial-driver resource)."""
     yield from _cluster(
         head_cpus=head_cpus,
+        head_resources=head_resources,
         workers=[(f"{WORKER_MARKER}_{index}", worker_cpus) for index in range(workers)],
         extra_env={**FAST_NODE_DEATH_ENV, **(extra_env or {})},
     )
@@ -333,6 +341,7 @@ def _cluster(
     *,
     private_dirs: Sequence[Path] = (),
     head_cpus: float = 2,
+    head_resources: dict[str, float] | None = None,
     workers: Sequence[tuple[str, float]] = ((WORKER_MARKER, 1),),
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[TwoNodeCluster]:
@@ -356,7 +365,13 @@ def _cluster(
         try:
             try:
                 cluster = _start_cluster(
-                    temp_dir, env, started, private_dirs, head_cpus=head_cpus, workers=workers
+                    temp_dir,
+                    env,
+                    started,
+                    private_dirs,
+                    head_cpus=head_cpus,
+                    head_resources=head_resources,
+                    workers=workers,
                 )
             except StartFailed as failure:
                 failures.append(str(failure))
