@@ -138,9 +138,11 @@ class RunSection(Section):
     seed: int = 0
     max_failures: int = Field(1, ge=0, description="worker-group restarts from the latest checkpoint")
     controller_failure_limit: int = Field(
-        -1,
+        30,
         ge=-1,
-        description="retries when workers cannot be scheduled; -1 waits forever (autoscaling), tests use 0",
+        description="tries to place the worker group (each waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) "
+        "before the run fails naming what it waited for: 30 gives the autoscaler ~half an hour to replace a lost "
+        "spot node; -1 waits forever; tests use 0",
     )
     report_every: int | None = Field(
         None,

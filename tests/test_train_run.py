@@ -214,3 +214,36 @@ def test_a_checkpoint_whose_report_was_lost_is_resumed_from_and_a_broken_newer_o
     assert steps == list(range(resume_step + 1, STEPS + 1)), "resumed from the whole checkpoint, not from 0"
     assert result.metrics["step"] == result.metrics["adam_step"] == STEPS
     assert result.metrics["lr"] == pytest.approx(uninterrupted.metrics["lr"], abs=1e-12)
+
+
+def test_a_worker_group_that_never_finds_room_fails_in_bounded_time_naming_what_it_waited_for(
+    ray_local, tmp_path, monkeypatch
+):
+    """What a run sees when a lost node's capacity never comes back: Ray Train's bounded placement retries end in
+    an error that the launcher and the sweep turn into one line naming the run, the workers and the settings."""
+    import time
+
+    from phi3v_ray.train.placement import CapacityError, fit_within_capacity, is_placement_timeout
+    from phi3v_ray.tune.results import _error_reason
+
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3")
+    config = demo_config(
+        tmp_path,
+        "scaling.num_workers=3",
+        "scaling.cpus_per_worker=4",  # 12 CPUs: more than the shared 8-CPU test cluster will ever have
+        "run.controller_failure_limit=1",
+        "run.max_steps=2",
+        "run.name=no-room",
+    )
+    started = time.monotonic()
+    with pytest.raises(CapacityError) as caught:
+        fit_within_capacity(build_trainer(config, tiny_datasets(n_train=8, n_val=4)), config, "no-room")
+    assert time.monotonic() - started < 120, "the wait for room was not bounded"
+    assert is_placement_timeout(caught.value.__cause__), repr(
+        caught.value.__cause__
+    )  # Ray's own error under it
+    assert not is_placement_timeout(RuntimeError("CUDA out of memory"))
+    message = str(caught.value)
+    assert "run no-room" in message and "3 training workers of 4 CPU each" in message
+    assert "2 attempt(s) of 3 s" in message and "run.controller_failure_limit=1" in message
+    assert _error_reason(caught.value) == f"CapacityError: {message}"[:600]  # the sweep's reason column

@@ -15,6 +15,7 @@ from phi3v_ray.config import ExperimentConfig, check_fits_cluster
 from phi3v_ray.errors import ConfigError
 from phi3v_ray.storage import Location, location
 from phi3v_ray.train.faults import PlantedFailure
+from phi3v_ray.train.placement import CapacityError, fit_within_capacity
 
 
 def local_capacity() -> tuple[float, float]:
@@ -167,7 +168,13 @@ def fit(config: ExperimentConfig) -> Any:
 
     connect()  # RAY_ADDRESS picks a running cluster; otherwise a local one (after the capacity check)
 
-    result = build_trainer(config, build_train_datasets(config)).fit()
+    try:
+        result = fit_within_capacity(
+            build_trainer(config, build_train_datasets(config)), config, config.run.name
+        )
+    except CapacityError:
+        seal_training_run(config, run_name=config.run.name, trial=None, end_state="failed", exit_code=1)
+        raise
     failed = result.error is not None
     seal_training_run(
         config,

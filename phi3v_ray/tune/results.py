@@ -159,10 +159,15 @@ def trial_row(
 
 
 def _error_reason(error: BaseException) -> str:
-    """One readable line: the innermost cause's type and first line (Ray wraps errors several times)."""
+    """One readable line: the innermost cause's type and first line (Ray wraps errors several times), or our own
+    message where the chain holds one (a UserError already says what went wrong and what to change)."""
+    from phi3v_ray.errors import UserError
+
     inner: BaseException = error
-    while inner.__cause__ is not None and inner.__cause__ is not inner:
+    while not isinstance(inner, UserError) and inner.__cause__ is not None and inner.__cause__ is not inner:
         inner = inner.__cause__
+    if isinstance(inner, UserError) and inner.args:
+        return f"{type(inner).__name__}: {inner.args[0]}"[:600]
     lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
     text = lines[-1] if lines else ""
     reason = f"{type(inner).__name__}: {text}" if text else type(inner).__name__

@@ -110,6 +110,7 @@ def run_trial(
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from phi3v_ray.train.launcher import build_trainer
+    from phi3v_ray.train.placement import fit_within_capacity
 
     trial_id = tune.get_context().get_trial_id()
     config = trial_config(config_from_dict(base), space, sampled, trial_id)
@@ -125,7 +126,9 @@ def run_trial(
         trial=trial_id,
         planted_failure=planted_failure,
     )
-    result = trainer.fit()
+    result = fit_within_capacity(
+        trainer, config, trial_id
+    )  # sweep_results.csv's reason names what it waited for
     if result.error is not None:
         raise result.error
     tune.report(_closing_result(result, config))
