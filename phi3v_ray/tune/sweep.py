@@ -306,6 +306,9 @@ def new_tuner(
         run_config=tune.RunConfig(
             name=config.tune.name,
             **ray_storage(sweep_directory(config).parent),
+            # Worker and node failures are retried inside the trial (Train's FailureConfig: run.max_failures), and
+            # the trial's driver lives on the head (DRIVER_RESOURCE). A Tune-level retry would rerun a trial whose
+            # own code failed, the same way, from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=1,
         ),
