@@ -107,7 +107,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--isolate-server",
         action="store_true",
-        help="pin the S3 server to the last core and Ray to the rest (Ray gets --cores minus 1 CPUs)",
+        help="pin the S3 server to the last core and the driver and Ray to the rest (same --cores Ray CPUs)",
     )
     return parser.parse_args()
 
@@ -118,10 +118,10 @@ def main() -> None:
     server_cpus, ray_cpus = None, args.cores
     if args.isolate_server:
         cores = sorted(os.sched_getaffinity(0))
-        server_cpus, ray_cpus = {cores[-1]}, len(cores) - 1
+        server_cpus = {cores[-1]}
         os.sched_setaffinity(0, set(cores[:-1]))  # Ray's processes inherit this from the driver
+        # Ray keeps --cores logical CPUs (slots for the read tasks beside the actor pool) on fewer physical cores.
         print(f"S3 server on core {cores[-1]}; driver and Ray on cores {cores[:-1]} ({ray_cpus} Ray CPUs)")
-    args.cores = ray_cpus
     with loopback_s3(server_cpus) as bucket:
         import ray
 
