@@ -251,20 +251,11 @@ def _sweep_train_rows(wandb_dir: Path) -> dict[str, list[list[dict]]]:
 
 def _reference_lrs(catalog: Path, lr: float) -> dict[int, float]:
     """step -> the learning rate an undisturbed trial with this peak lr logs after that step."""
-    import torch
     from test_train_support import demo_config
 
-    from phi3v_ray.train.schedule import scheduler_factory
+    from support.schedule_reference import undisturbed_lrs
 
-    config = demo_config(catalog.parent / "reference", f"optim.lr={lr}")
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    schedule = scheduler_factory(config.optim, SWEEP_STEPS)(optimizer)
-    lrs = {}
-    for step in range(1, SWEEP_STEPS + 1):
-        optimizer.step()
-        schedule.step()
-        lrs[step] = float(schedule.get_last_lr()[0])
-    return lrs
+    return undisturbed_lrs(demo_config(catalog.parent / "reference", f"optim.lr={lr}").optim, SWEEP_STEPS)
 
 
 def test_a_sweep_survives_losing_a_training_node_and_every_trial_resumes_from_its_checkpoint(
@@ -334,6 +325,14 @@ def test_a_sweep_survives_losing_a_training_node_and_every_trial_resumes_from_it
             # resumed right after a checkpoint the trial reached, never from scratch
             assert first_new > 1 and (first_new - 1) % SWEEP_CHECKPOINT_EVERY == 0, (trial_id, first_new)
     assert restarted >= 1, f"no trial was restarted by the node loss:\n{output[-3000:]}"
+
+    # Nothing leaked: every placement group the trials (and the lost node's) held is gone once the sweep ended.
+    deadline = time.monotonic() + 60
+    while (held := [pg for pg in cluster.state("placement_groups") if pg.get("state") != "REMOVED"]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(1)
+    assert not held, f"placement groups left behind: {[(pg['name'], pg['state']) for pg in held]}"
 
     head = next(node["node_id"] for node in cluster.state("nodes") if node.get("is_head_node"))
     drivers = [

@@ -23,6 +23,7 @@ import pytest
 from phi3v_ray.tracking import find_offline_runs
 
 from support.ray_cluster import TwoNodeCluster, multi_node_cluster, wait_for_node_state
+from support.schedule_reference import undisturbed_lrs
 from support.wandb_files import read_offline_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -80,20 +81,9 @@ def _train_worker_node(cluster: TwoNodeCluster) -> str:
 
 def _reference_lrs(overrides: list[str], tmp_path: Path) -> dict[int, float]:
     """step -> the learning rate an undisturbed run reports after that step (its schedule, stepped alone)."""
-    import torch
     from test_train_support import demo_config
 
-    from phi3v_ray.train.schedule import scheduler_factory
-
-    config = demo_config(tmp_path / "reference", *overrides)
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.optim.lr)
-    schedule = scheduler_factory(config.optim, MAX_STEPS)(optimizer)
-    lrs = {}
-    for step in range(1, MAX_STEPS + 1):
-        optimizer.step()
-        schedule.step()
-        lrs[step] = float(schedule.get_last_lr()[0])
-    return lrs
+    return undisturbed_lrs(demo_config(tmp_path / "reference", *overrides).optim, MAX_STEPS)
 
 
 def test_a_preemption_notice_checkpoints_at_once_and_the_restart_redoes_no_step(
