@@ -27,13 +27,18 @@ from phi3v_ray.packaged import DEMO_EXPERIMENT, load_packaged_experiment, packag
 
 @dataclass
 class DemoPlan:
-    """The knobs of the demo; defaults fit a 2-core laptop in under 10 minutes."""
+    """The knobs of the demo; defaults fit a 2-core laptop in under 10 minutes.
+
+    600 steps, not 200: category and title are learned by step 200, but the price only starts to follow the photo
+    late in the cosine decay (single-process probe of one trial, rank 32, lr 2.5e-3, 64 validation products: price
+    median APE with the true title and category fed in was 0.55 at step 200, 0.44 at 400, 0.38 at 600, against
+    0.56 for the trivial median price)."""
 
     out_dir: Path
     rows: int = 900
     trials: int = 4
     concurrent_trials: int = 2
-    max_steps: int = 200
+    max_steps: int = 600
     warm_start_steps: int = 1000
     warm_start_examples: int = 1500
     eval_examples: int = 64
@@ -59,6 +64,9 @@ def demo_config(plan: DemoPlan) -> ExperimentConfig:
         f"tune.max_concurrent_trials={plan.concurrent_trials}",
         f"evaluate.output_dir={out / 'evaluation'}",
         "evaluate.select_on=val",  # rank on validation, report the chosen checkpoint on held-out test
+        # Choose on the hardest of the three fields: every late checkpoint beats the trivial predictor on category
+        # and title by a wide margin, while the price is learned last and differs most between checkpoints.
+        "evaluate.primary_metric=price_median_ape",
         "evaluate.split=test",
         f"evaluate.checkpoints=['{out / 'runs' / raw.get('tune', {}).get('name', 'sweep')}']",
         *plan.extra_overrides,
@@ -73,9 +81,11 @@ VERDICT_METRICS = {
     "title_token_f1": "title token F1",
     "price_median_ape": "price median APE",
 }
-# The metrics whose lift over the trivial predictor decides the exit code (lift > 0 on the held-out split); the
-# others are printed beside them.
-REQUIRED_LIFTS: tuple[str, ...] = ("category_accuracy",)
+# The metrics whose lift over the trivial predictor decides the exit code: each must be better on the held-out split
+# (margin 0, in its own direction). The price is printed beside them but does not decide yet: three seeds gave
+# median APE 0.51, 0.43, 0.48 against trivial's 0.56, 0.40, 0.64, a lift the size of the trivial score's own spread
+# over 64 products, so gating on it would fail one run in three.
+REQUIRED_LIFTS: tuple[str, ...] = ("category_accuracy", "title_token_f1")
 
 
 def run_demo(plan: DemoPlan, terminal: DemoTerminal | None = None) -> dict[str, Any]:
@@ -191,8 +201,8 @@ def _make_base(config: ExperimentConfig, plan: DemoPlan, term: DemoTerminal) -> 
         ),
     )
     return (
-        f"{plan.warm_start_steps} steps describing generic objects (not products), loss {stats['first_loss']:.2f} "
-        f"→ {stats['last_loss']:.2f}"
+        f"{plan.warm_start_steps} steps describing generic objects and adding numbers (no products, no prices), "
+        f"loss {stats['first_loss']:.2f} → {stats['last_loss']:.2f}"
     )
 
 
@@ -321,6 +331,8 @@ def verdict(leaderboard: Any) -> tuple[str, bool]:
         lift = mine - theirs if METRIC_DIRECTIONS[metric] else theirs - mine
         lifts[metric] = lift if lift == lift else float("-inf")  # NaN (nothing parsed) is no lift
         mark = "better" if lifts[metric] > 0 else "NOT better"
+        if metric not in REQUIRED_LIFTS:
+            mark += ", not required"
         parts.append(f"{words} {mine:.2f} vs trivial {theirs:.2f} ({mark})")
     message = f"chosen on {ranked_on}: {chosen}; on held-out {reported_on}: " + "; ".join(parts)
     return message, all(lifts[metric] > 0 for metric in REQUIRED_LIFTS)

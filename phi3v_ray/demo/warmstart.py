@@ -3,13 +3,16 @@
 The real suite starts from Phi-3-Vision, which already knows what a coat looks like and how to spell "Trench Coat".
 A randomly initialised tiny model knows neither, and LoRA on frozen random weights learns far too slowly for a
 10-minute CPU demo (measured: loss 7.0 → 5.0 in 300 steps, below the majority-category rate). So the demo first
-teaches the tiny base to *describe* generic objects — shape noun, colour, pattern, material — from its own
-synthetic images (a separate seed from the catalog, and never the product answer format, category codes or
-prices). The LoRA sweep then has to learn the actual task: category codes, titles and prices.
+teaches the tiny base to *describe* generic objects — shape noun, colour, pattern, material and the colour's RGB
+values — from its own synthetic images (a separate seed from the catalog), to say in a sentence which category a
+named kind of thing belongs to (text only), and to add and round numbers (text only). It never sees the product
+answer format, a product photo from the catalog or a price. The LoRA sweep then has to learn the actual task:
+reading category, title and price off a product photo and writing them in the answer format.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -25,12 +28,16 @@ from phi3v_ray.model.processing import Phi3VProcessor
 
 WARMUP_PROMPT = "Describe the object."
 KNOWLEDGE_PROMPT = "What kind of thing is this?"
-KNOWLEDGE_EVERY = 4  # every 4th warm-start step is a batch of text-only world-knowledge lines
+TEXT_EVERY = 3  # every 3rd warm-start step is a batch of text-only lines (world knowledge and arithmetic)
 COLOUR_NAMES = {rgb: name for name, rgb in COLOURS.items()}
 
 
 def describe(silhouette: str, colour: tuple[int, int, int], pattern: str, material: str) -> str:
     """The warm-start caption: words a pretrained model would know, in a format unlike the product answer.
+
+    It ends with the colour's RGB values ("RGB 28 40 90"): a pretrained model reads numbers off a picture, while
+    the tiny base has never written a digit, so without numbers here the digit tokens' embeddings and output rows
+    stay random (and frozen under LoRA) and the sweep's model answered one price ("10.0") for every product.
 
     Written in the catalog's capitalisation ("A Navy Check Leather Wallet.") on purpose: the tiny tokenizer has one
     token per catalog word ("▁Wallet", "▁Navy"), while lower-case words fall apart into sub-word pieces
@@ -38,7 +45,8 @@ def describe(silhouette: str, colour: tuple[int, int, int], pattern: str, materi
     (and frozen under LoRA), as a real pretrained model's would never be.
     """
     pattern_word = "" if pattern == "Plain" else f"{pattern} "
-    return f"A {COLOUR_NAMES[colour]} {pattern_word}{material} {NOUNS[silhouette]}."
+    red, green, blue = colour
+    return f"A {COLOUR_NAMES[colour]} {pattern_word}{material} {NOUNS[silhouette]}, RGB {red} {green} {blue}."
 
 
 def knowledge_lines(count: int, seed: int) -> list[tuple[str, str]]:
@@ -63,6 +71,27 @@ def knowledge_lines(count: int, seed: int) -> list[tuple[str, str]]:
     return lines
 
 
+def arithmetic_lines(count: int, seed: int) -> list[tuple[str, str]]:
+    """Text-only (question, answer) number lines: sums and roundings of numbers from 5 to 9,999.
+
+    What a pretrained model brings and the tiny base lacks: numbers written digit by digit, how many digits a
+    magnitude takes, and a number in the answer that follows one in the question. Nothing here is a price or a
+    product, and the answers are sentences, unlike the product answer format.
+    """
+    rng = random.Random(seed)
+    lines: list[tuple[str, str]] = []
+    while len(lines) < count:
+        first = int(math.exp(rng.uniform(math.log(5), math.log(6000))))
+        if rng.random() < 0.5:
+            second = int(math.exp(rng.uniform(math.log(5), math.log(3000))))
+            lines.append((f"What is {first} plus {second}?", f"{first} plus {second} is {first + second}."))
+        else:
+            step = rng.choice((5, 10, 50, 100))
+            rounded = max(step, round(first / step) * step)
+            lines.append((f"Round {first} to a multiple of {step}.", f"{first} is about {rounded}."))
+    return lines
+
+
 def build_examples(processor: Phi3VProcessor, count: int, seed: int) -> list[dict]:
     """Encoded (image, caption) pairs drawn with the catalog generator's painter under its own seed."""
     _, specs = build_table(count, seed=seed, broken_url_share=0.0)
@@ -78,11 +107,12 @@ def build_examples(processor: Phi3VProcessor, count: int, seed: int) -> list[dic
     return examples
 
 
-def build_knowledge(processor: Phi3VProcessor, count: int, seed: int) -> list[dict]:
-    """Encoded text-only knowledge lines (no image placeholder, answer-only labels)."""
+def build_text_lines(processor: Phi3VProcessor, count: int, seed: int) -> list[dict]:
+    """Encoded text-only lines, half world knowledge, half arithmetic (no image placeholder, answer-only labels)."""
+    lines = knowledge_lines(count - count // 2, seed) + arithmetic_lines(count // 2, seed + 1)
     return [
         processor.encode(processor.prompt_text(question, image_count=0), [], answer)
-        for question, answer in knowledge_lines(count, seed)
+        for question, answer in lines
     ]
 
 
@@ -105,10 +135,12 @@ def warm_start_tiny_base(
     on more images at a lower lr get past it: 1000 steps on 1500 images at lr 1e-3 gave 66% held-out noun
     and 95% colour accuracy. lr 1e-2, or 1e-2 on the vision side only, did worse than 2e-3; 1e-3 did better.
 
-    Every KNOWLEDGE_EVERY-th step trains on text-only world-knowledge lines (knowledge_lines) instead, and the
-    captions use the catalog's word tokens (see describe). Before both, LoRA on this base (rank 16, lr 3e-3, 300
-    steps, batch 16, 540 training rows) reached 11.7% held-out category accuracy, about the majority rate (10%);
-    with both, 30% (60 held-out rows), and the warm start took 85 s (1000 steps).
+    Every TEXT_EVERY-th step trains on text-only lines instead (knowledge_lines and arithmetic_lines), and the
+    captions use the catalog's word tokens (see describe). Before the knowledge lines and word tokens, LoRA on this
+    base (rank 16, lr 3e-3, 300 steps, batch 16, 540 training rows) reached 11.7% held-out category accuracy, about
+    the majority rate (10%); with both, 30% (60 held-out rows), and the warm start took 85 s (1000 steps).
+    Without any digits (RGB values, arithmetic) the sweep's checkpoints answered "Full Price: 10.0" for every
+    product; with them, prices follow the photo once the sweep runs long enough (see demo/run.py DemoPlan).
     """
     torch.manual_seed(seed)
     # A 128-wide model's matmuls are too small to split across threads: one thread is several times faster,
@@ -117,7 +149,7 @@ def warm_start_tiny_base(
     model, tokenizer = load_model("tiny")
     processor = Phi3VProcessor.from_config(model.config, tokenizer)
     pairs = build_examples(processor, examples, seed)
-    knowledge = build_knowledge(processor, max(examples // 2, batch_size), seed + 1)
+    text_lines = build_text_lines(processor, max(examples, batch_size), seed + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / max(steps, 1))
     sampler = random.Random(seed)
@@ -125,7 +157,7 @@ def warm_start_tiny_base(
     started = time.perf_counter()
     first_loss = last_loss = float("nan")
     for step in range(steps):
-        source = knowledge if step % KNOWLEDGE_EVERY == KNOWLEDGE_EVERY - 1 else pairs
+        source = text_lines if step % TEXT_EVERY == TEXT_EVERY - 1 else pairs
         batch = processor.collate(sampler.sample(source, batch_size), padding_side="right")
         loss = model(**batch).loss
         loss.backward()
