@@ -357,6 +357,10 @@ def _cluster(
         **(extra_env or {}),
     }
     env.pop("RAY_ADDRESS", None)
+    # wandb.init in this (pytest) process leaves its service's address in os.environ; every process of the cluster
+    # would inherit it and log through pytest's one service, where a killed worker's run stays "in use" and its
+    # restart elsewhere is refused. Each node's processes start their own service, as on a real cluster.
+    env.pop("WANDB_SERVICE", None)
     failures: list[str] = []
     for _ in range(START_ATTEMPTS):
         # Short path: Ray's unix sockets live under the temp dir and must stay below the 107-byte socket path limit.
