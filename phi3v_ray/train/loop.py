@@ -32,7 +32,7 @@ from phi3v_ray.train.deepspeed import build_deepspeed_config
 from phi3v_ray.train.device import select_device, synced, to_device
 from phi3v_ray.train.faults import PlantedFailure
 from phi3v_ray.train.preemption import preemption_notice, wait_for_teardown
-from phi3v_ray.train.resume import choose_resume_checkpoint, write_part_record
+from phi3v_ray.train.resume import checkpoint_dir_name, choose_resume_checkpoint, write_part_record
 from phi3v_ray.train.schedule import planned_steps, scheduler_factory
 from phi3v_ray.train.trainable import apply_training_mode
 from phi3v_ray.train.validation import Validation, validate
@@ -327,7 +327,7 @@ def _save_and_report(
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(local),
-            checkpoint_dir_name=f"checkpoint_{state.step:06d}",
+            checkpoint_dir_name=checkpoint_dir_name(state.step),
         )
     finally:
         shutil.rmtree(local, ignore_errors=True)

@@ -43,6 +43,11 @@ def write_part_record(directory: str | os.PathLike[str], *, rank: int, world: in
     return record
 
 
+def checkpoint_dir_name(step: int) -> str:
+    """The folder a step's checkpoint is reported under (`checkpoint_step` reads it back)."""
+    return f"checkpoint_{step:06d}"
+
+
 def checkpoint_step(name: str) -> int | None:
     """The step in a `checkpoint_NNNNNN` folder name (None for anything else)."""
     match = _CHECKPOINT.fullmatch(name.rstrip("/").rsplit("/", 1)[-1])
@@ -82,11 +87,11 @@ def incomplete_reason(filesystem: Any, folder: str) -> str | None:
     if len(worlds) != 1:
         return f"part records disagree on the worker count: {sorted(worlds)}"
     (world,) = worlds
-    records = {rank: (world, name) for rank, world, name in found}
+    records = {rank: name for rank, _, name in found}
     missing = sorted(set(range(world)) - set(records))
     if missing:
         return f"rank(s) {missing} of {world} never finished their part"
-    for rank, (_, name) in sorted(records.items()):
+    for rank, name in sorted(records.items()):
         with filesystem.open_input_stream(f"{folder.rstrip('/')}/{name}") as stream:
             listed = json.loads(stream.read())["files"]
         for relative, size in listed.items():
