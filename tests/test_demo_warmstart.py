@@ -68,3 +68,37 @@ def test_captions_end_with_the_colour_values_seen_in_the_picture() -> None:
     caption = describe("wallet", COLOURS["Navy"], "Check", "Leather")
     assert caption == "A Navy Check Leather Wallet, RGB 28 40 90."
     assert describe("coat", COLOURS["Honey"], "Plain", "Wool") == "A Honey Wool Trench Coat, RGB 196 150 80."
+
+
+def test_warm_start_drawings_are_the_catalog_pictures_at_the_size_the_model_sees() -> None:
+    # The warm start draws straight at 224 px (on threads) instead of at full size and then shrinking: each
+    # example's canvas must still be its own spec's picture, as the catalog path would give it, in the same order.
+    import numpy as np
+
+    from phi3v_ray.data.synth_images import draw_product
+    from phi3v_ray.demo.warmstart import build_examples
+    from phi3v_ray.model.configuration import Phi3VConfig
+    from phi3v_ray.model.processing import Phi3VProcessor, hd_canvas
+    from phi3v_ray.model.tokenizer import load_tokenizer
+
+    processor = Phi3VProcessor.from_config(Phi3VConfig.preset("tiny"), load_tokenizer(None))
+    _, specs = build_table(12, seed=77, broken_url_share=0.0)
+    examples = build_examples(processor, 12, seed=77, threads=3)
+    references = []
+    for spec in specs:
+        full = draw_product(spec)
+        full.thumbnail((224, 224))
+        references.append(hd_canvas(full, processor.num_crops, processor.crop_size).astype(np.float32))
+    for index, (example, spec) in enumerate(zip(examples, specs, strict=True)):
+        canvas = example["pixel_values"][0].astype(np.float32)
+        assert canvas.shape == references[index].shape, spec
+        own = np.abs(canvas - references[index]).mean()
+        others = [
+            np.abs(canvas - ref).mean()
+            for j, ref in enumerate(references)
+            if j != index and ref.shape == canvas.shape
+        ]
+        assert own < 2.0, (index, own)  # the same picture, resampled once instead of twice (measured <= 0.6)
+        assert all(own < other for other in others), (index, own, others)
+        caption = describe(spec.silhouette, spec.colour, spec.pattern, spec.material)
+        assert processor.decode(example["input_ids"][example["labels"] >= 0]).startswith(caption)

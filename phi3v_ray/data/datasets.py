@@ -126,12 +126,27 @@ def build_train_datasets(config: ExperimentConfig) -> dict[str, ray.data.Dataset
         plan = plan_split(config, split, prompt_only=False)
         entry = prepared.find_prepared(plan.root, plan.name)
         if entry is None:
-            datasets[split] = _stream_split(config, plan)[0]
+            streamed = _stream_split(config, plan)[0]
+            datasets[split] = (
+                mixed_order(streamed, seed=config.run.seed, whole=False) if split == "train" else streamed
+            )
             continue
         dataset = read_prepared_dataset(entry)[0]
         size = prepared.uncompressed_parquet_bytes(entry.examples_dir)
-        datasets[split] = dataset.materialize() if 0 < size <= config.data.materialize_mb * 2**20 else dataset
+        small = 0 < size <= config.data.materialize_mb * 2**20
+        if split == "train":
+            dataset = mixed_order(dataset, seed=config.run.seed, whole=small)
+        datasets[split] = dataset.materialize() if small else dataset
     return datasets
+
+
+def mixed_order(dataset: ray.data.Dataset, *, seed: int, whole: bool) -> ray.data.Dataset:
+    """The train split in a seeded random order instead of the catalog's, where a product's colourways sit together.
+
+    A split small enough to materialise is shuffled row by row (once: the materialised order is every epoch's, and
+    the training loop reshuffles within windows per epoch); a larger one streams with its blocks in random order,
+    which costs nothing. Seeded, so a restarted run reads the same order."""
+    return dataset.random_shuffle(seed=seed) if whole else dataset.randomize_block_order(seed=seed)
 
 
 def write_prepared_split(

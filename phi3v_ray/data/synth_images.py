@@ -141,8 +141,11 @@ def _texture(size: tuple[int, int], spec: ImageSpec, rng: np.random.Generator) -
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def draw_product(spec: ImageSpec) -> Image.Image:
-    """The product photo at full size: varied canvas shape, backdrop and framing; look follows the labels."""
+def draw_product(spec: ImageSpec, max_side: int | None = None) -> Image.Image:
+    """The product photo at full size: varied canvas shape, backdrop and framing; look follows the labels.
+
+    `max_side` scales the drawing straight to that long side instead of to the full size (300-1,600 px): the demo's
+    warm start shrinks every picture to 224 px anyway, and drawing big only to shrink again was most of its time."""
     rng = np.random.default_rng([spec.seed[0], 1, spec.seed[1]])
     shape_roll = rng.random()
     aspect = (
@@ -192,6 +195,9 @@ def draw_product(spec: ImageSpec) -> Image.Image:
     outline = _shade(spec.colour, 0.6)
     for polygon in polygons:
         shadow_draw.polygon([place(p) for p in polygon], outline=outline)
+    if max_side is not None:
+        ratio = max_side / max(full_w, full_h)
+        full_w, full_h = max(1, round(full_w * ratio)), max(1, round(full_h * ratio))
     image = canvas.resize((full_w, full_h), Image.Resampling.BILINEAR)
     if spec.relative_path.endswith(".png") and rng.random() < 0.4:  # cut-out product shot on transparency
         alpha = mask.resize((full_w, full_h), Image.Resampling.BILINEAR)

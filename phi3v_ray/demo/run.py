@@ -29,19 +29,26 @@ from phi3v_ray.packaged import DEMO_EXPERIMENT, load_packaged_experiment, packag
 class DemoPlan:
     """The knobs of the demo; defaults fit a 2-core laptop in under 10 minutes.
 
-    600 steps, not 200: category and title are learned by step 200, but the price only starts to follow the photo
-    late in the cosine decay (single-process probe of one trial, rank 32, lr 2.5e-3, 64 validation products: price
-    median APE with the true title and category fed in was 0.55 at step 200, 0.44 at 400, 0.38 at 600, against
-    0.56 for the trivial median price)."""
+    Measured with a single-process probe of one trial (rank 32, lr 3e-3, 600 steps, held-out products; held-out
+    price median APE against the trivial median price's):
+    - 900 products (64 scored per split) and a 1,000-step warm start: 0.42-0.56 against 0.56, and the trivial score
+      itself moved 0.40-0.64 between seeds on 64 products, so the lift drowned in the noise.
+    - The price follows the category first (a predictor that knew only the true category scores 0.33 on this
+      catalog, the full formula 0.20), and the category is read off the silhouette, which the warm start teaches:
+      its 2,000 steps on 3,000 drawings raised held-out category accuracy from 0.66 to 0.77 and the price to 0.42
+      against 0.56 (177 test products); with the true title and category given, the price scored 0.37.
+    - 1,800 products instead of 900 halve the memorising of noisy training prices per title, and score ~180
+      products per split instead of 64, so the selection and the verdict are less noisy (trivial 0.54-0.59).
+    600 sweep steps: category and title are learned by step 200, the price later in the cosine decay."""
 
     out_dir: Path
-    rows: int = 900
+    rows: int = 1800
     trials: int = 4
     concurrent_trials: int = 2
     max_steps: int = 600
-    warm_start_steps: int = 1000
-    warm_start_examples: int = 1500
-    eval_examples: int = 64
+    warm_start_steps: int = 2000
+    warm_start_examples: int = 3000
+    eval_examples: int = 200
     seed: int = 0
     extra_overrides: list[str] = field(default_factory=list)
 
@@ -82,10 +89,8 @@ VERDICT_METRICS = {
     "price_median_ape": "price median APE",
 }
 # The metrics whose lift over the trivial predictor decides the exit code: each must be better on the held-out split
-# (margin 0, in its own direction). The price is printed beside them but does not decide yet: three seeds gave
-# median APE 0.51, 0.43, 0.48 against trivial's 0.56, 0.40, 0.64, a lift the size of the trivial score's own spread
-# over 64 products, so gating on it would fail one run in three.
-REQUIRED_LIFTS: tuple[str, ...] = ("category_accuracy", "title_token_f1")
+# (margin 0, in its own direction). All three fields: the claim is that the photo gives name, category and price.
+REQUIRED_LIFTS: tuple[str, ...] = tuple(VERDICT_METRICS)
 
 
 def run_demo(plan: DemoPlan, terminal: DemoTerminal | None = None) -> dict[str, Any]:

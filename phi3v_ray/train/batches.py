@@ -8,6 +8,7 @@ the padded positions, which `PaddingReport` measures.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -69,18 +70,23 @@ def iter_example_batches(
     batch_size: int,
     length_grouping: bool = True,
     buffer_batches: int = 8,
+    shuffle_seed: int | None = None,
     report: PaddingReport | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Lists of examples from a dataset or a worker's shard; with grouping, similar canvases share a batch.
 
     Grouping looks only `buffer_batches` batches ahead, so it keeps streaming and keeps the shard's order roughly
-    intact (a full sort would wait for the whole epoch).
+    intact (a full sort would wait for the whole epoch). `shuffle_seed` permutes the examples inside each such
+    window first, so an epoch's batches differ from the last epoch's; the permutation depends only on the seed and
+    the window's place in the stream, so a resumed run skips exactly the batches the lost one trained.
     """
     from phi3v_ray.model.processing import group_by_grid
 
-    window = batch_size * (buffer_batches if length_grouping else 1)
-    for column_batch in dataset.iter_batches(batch_size=window, batch_format="numpy"):
+    window = batch_size * (buffer_batches if length_grouping or shuffle_seed is not None else 1)
+    for index, column_batch in enumerate(dataset.iter_batches(batch_size=window, batch_format="numpy")):
         examples = rows_from_batch(column_batch)
+        if shuffle_seed is not None:
+            random.Random(f"{shuffle_seed}:{index}").shuffle(examples)
         if length_grouping:
             groups = group_by_grid(examples, batch_size)
         else:

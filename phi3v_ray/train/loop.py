@@ -122,7 +122,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # Resumed mid-epoch: pass over the micro-batches already trained in this epoch.
             skip_micro = state.epoch_step * config.optim.grad_accum
             micro = -1
-            for micro, batch in enumerate(synced(_micro_batches(train_shard, processor, config), device)):
+            epoch_batches = _micro_batches(
+                train_shard, processor, config, epoch_seed(config, state.epoch, rank)
+            )
+            for micro, batch in enumerate(synced(epoch_batches, device)):
                 if micro < skip_micro:
                     continue
                 loss = engine(**to_device(batch, device)).loss
@@ -227,10 +230,24 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
 # ---- data ----------------------------------------------------------------------------------------------------------
 
 
-def _micro_batches(shard: Any, processor: Any, config: ExperimentConfig) -> Iterator[dict[str, torch.Tensor]]:
-    """Collated micro-batches from a Ray Data shard (one pass = one epoch of this worker's part)."""
+def epoch_seed(config: ExperimentConfig, epoch: int, rank: int) -> int:
+    """The shuffle seed of one rank's epoch: new batches every epoch, the same ones again after a restart."""
+    return (config.run.seed * 1_000_003 + epoch) * 1_009 + rank
+
+
+def _micro_batches(
+    shard: Any, processor: Any, config: ExperimentConfig, shuffle_seed: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Collated micro-batches from a Ray Data shard (one pass = one epoch of this worker's part), shuffled per epoch.
+
+    Without the shuffle every epoch replayed the same batches in the same order (the shard cache replays its first
+    pass), with a product's colourways side by side: a single-process probe of the demo trial scored held-out price
+    median APE 0.46 that way against 0.39-0.42 with shuffled batches."""
     for examples in iter_example_batches(
-        shard, batch_size=config.optim.micro_batch, length_grouping=config.data.length_grouping
+        shard,
+        batch_size=config.optim.micro_batch,
+        length_grouping=config.data.length_grouping,
+        shuffle_seed=shuffle_seed,
     ):
         yield processor.collate(examples)
 
