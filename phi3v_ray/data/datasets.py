@@ -126,14 +126,11 @@ def build_train_datasets(config: ExperimentConfig) -> dict[str, ray.data.Dataset
         plan = plan_split(config, split, prompt_only=False)
         entry = prepared.find_prepared(plan.root, plan.name)
         if entry is None:
-            streamed = _stream_split(config, plan)[0]
-            datasets[split] = (
-                mixed_order(streamed, seed=config.run.seed, whole=False) if split == "train" else streamed
-            )
-            continue
-        dataset = read_prepared_dataset(entry)[0]
-        size = prepared.uncompressed_parquet_bytes(entry.examples_dir)
-        small = 0 < size <= config.data.materialize_mb * 2**20
+            dataset, small = _stream_split(config, plan)[0], False
+        else:
+            dataset = read_prepared_dataset(entry)[0]
+            size = prepared.uncompressed_parquet_bytes(entry.examples_dir)
+            small = 0 < size <= config.data.materialize_mb * 2**20
         if split == "train":
             dataset = mixed_order(dataset, seed=config.run.seed, whole=small)
         datasets[split] = dataset.materialize() if small else dataset

@@ -16,8 +16,9 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,9 +31,8 @@ from phi3v_ray.model.processing import Phi3VProcessor
 
 WARMUP_PROMPT = "Describe the object."
 KNOWLEDGE_PROMPT = "What kind of thing is this?"
-WARM_START_IMAGE_SIDE = (
-    224  # long side of the warm-start drawings (the tiny model's canvas is at most 112 px)
-)
+# Long side of the warm-start drawings (the tiny model's canvas is at most 112 px).
+WARM_START_IMAGE_SIDE = 224
 TEXT_EVERY = 3  # every 3rd warm-start step is a batch of text-only lines (world knowledge and arithmetic)
 COLOUR_NAMES = {rgb: name for name, rgb in COLOURS.items()}
 
@@ -141,7 +141,7 @@ def warm_start_tiny_base(
     on more images at a lower lr get past it: 1000 steps on 1500 images at lr 1e-3 gave 66% held-out noun
     and 95% colour accuracy. lr 1e-2, or 1e-2 on the vision side only, did worse than 2e-3; 1e-3 did better.
     Twice that (2000 steps on 3000 images) raised the sweep's held-out category accuracy from 0.66 to 0.77, and the
-    category is what the price follows first (demo/run.py DemoPlan), so the demo pays the extra ~90 s.
+    category is what the price follows first (demo/run.py DemoPlan); with 2 threads the extra steps cost ~50 s.
 
     Every TEXT_EVERY-th step trains on text-only lines instead (knowledge_lines and arithmetic_lines), and the
     captions use the catalog's word tokens (see describe). Before the knowledge lines and word tokens, LoRA on this
@@ -153,25 +153,23 @@ def warm_start_tiny_base(
     torch.manual_seed(seed)
     # The warm start runs before Ray starts, so the cores are its own: on 2 cores a step (batch 16) took 69 ms with
     # 2 threads and 108 ms with 1. Past a few threads a 128-wide model's matmuls are too small to split further.
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads or min(4, os.cpu_count() or 1))
+    with torch_threads(threads or min(4, os.cpu_count() or 1)):
+        return _fine_tune(out_dir, steps, examples, batch_size, lr, seed, progress)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to `count` inside the block, and back to what they were after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
-        return _warm_start(
-            out_dir,
-            steps=steps,
-            examples=examples,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            progress=progress,
-        )
+        yield
     finally:
-        torch.set_num_threads(threads_before)
+        torch.set_num_threads(before)
 
 
-def _warm_start(
+def _fine_tune(
     out_dir: str | Path,
-    *,
     steps: int,
     examples: int,
     batch_size: int,
@@ -179,7 +177,7 @@ def _warm_start(
     seed: int,
     progress: Callable[[int, float], None] | None,
 ) -> dict[str, float]:
-    """The fine-tune itself (warm_start_tiny_base sets the threads around it)."""
+    """The warm start's training loop and save (warm_start_tiny_base sets the threads around it)."""
     model, tokenizer = load_model("tiny")
     processor = Phi3VProcessor.from_config(model.config, tokenizer)
     pairs = build_examples(processor, examples, seed)
