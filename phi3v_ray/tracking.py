@@ -35,6 +35,7 @@ import numpy as np
 from phi3v_ray.config import WandbSection
 from phi3v_ray.errors import ConfigError
 from phi3v_ray.storage import is_uri, location
+from phi3v_ray.train.logged_history import REPLAYED_KEY, LoggedRow, scalar_metrics
 from phi3v_ray.wandb_mirror import local_run_directory, mirror_run_folder
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,9 @@ class Tracker:
     run: Any = None
     pending_step: int | None = None
     pending: dict[str, Any] = field(default_factory=dict)
+    history: list[LoggedRow] = field(
+        default_factory=list
+    )  # every committed row's scalars, for the checkpoint
 
     @property
     def active(self) -> bool:
@@ -190,7 +194,26 @@ class Tracker:
         """Send the current step's row to W&B as one committed record: call it before reporting the step to Ray."""
         if self.run is not None and self.pending_step is not None:
             self.run.log(self.pending, step=self.pending_step, commit=True)
+            self.history.append({"step": self.pending_step, "metrics": scalar_metrics(self.pending)})
         self.pending_step, self.pending = None, {}
+
+    def replay(self, rows: list[LoggedRow]) -> int:
+        """Re-send the rows a resumed checkpoint carries (phi3v_ray.train.logged_history); returns how many went.
+
+        Call before the first new step. An online run resumed from the server already holds the steps below its
+        `step` counter (W&B would refuse them with a warning each), so only the rest are sent; an offline attempt
+        is a new folder (counter 0) and gets them all, merged by step with the attempt that died.
+        """
+        if self.run is None:
+            return 0
+        self.history = [dict(row) for row in rows]
+        first_missing = int(getattr(self.run, "step", 0) or 0)
+        sent = 0
+        for row in rows:
+            if int(row["step"]) >= first_missing:
+                self.run.log(row["metrics"] | {REPLAYED_KEY: 1}, step=int(row["step"]), commit=True)
+                sent += 1
+        return sent
 
     def log_predictions(self, rows: Sequence[dict[str, Any]], step: int) -> None:
         """A validation table: product image, generated answer, true answer (rows from the loop's sampler)."""

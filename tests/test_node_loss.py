@@ -228,8 +228,10 @@ SWEEP_LRS = (3.0e-3, 1.0e-3)
 
 
 def _sweep_train_rows(wandb_dir: Path) -> dict[str, list[list[dict]]]:
-    """run id -> each attempt's training rows so far (files still being written are read as far as they go)."""
+    """run id -> each attempt's own training rows so far (files still being written are read as far as they go;
+    rows a restart re-sent from its checkpoint are left out)."""
     from phi3v_ray.tracking import find_offline_runs
+    from phi3v_ray.train.logged_history import REPLAYED_KEY
 
     from support.wandb_files import read_offline_run
 
@@ -245,7 +247,8 @@ def _sweep_train_rows(wandb_dir: Path) -> dict[str, list[list[dict]]]:
                 history = read_offline_run(folder).history
             except Exception:  # noqa: BLE001 - a record half-written this instant; the next poll reads it
                 history = []
-            runs.setdefault(run_id, []).append([row for row in history if "train/loss" in row])
+            trained = [row for row in history if "train/loss" in row and REPLAYED_KEY not in row]
+            runs.setdefault(run_id, []).append(trained)
     return runs
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from phi3v_ray.tracking import find_offline_runs
+from phi3v_ray.train.logged_history import REPLAYED_KEY
 
 from support.ray_cluster import TwoNodeCluster, multi_node_cluster, wait_for_node_state
 from support.schedule_reference import undisturbed_lrs
@@ -47,15 +48,15 @@ def spot_cluster() -> Iterator[TwoNodeCluster]:
 
 
 def _train_rows(wandb_dir: Path) -> list[list[dict]]:
-    """The training rows each attempt of the run logged, attempt by attempt (files still being written are read as
-    far as they go)."""
+    """The training rows each attempt of the run trained and logged, attempt by attempt (files still being written
+    are read as far as they go; rows a restart re-sent from its checkpoint are not its own)."""
     attempts = []
     for folder in find_offline_runs(wandb_dir, RUN_NAME):
         try:
             history = read_offline_run(folder).history
         except Exception:  # noqa: BLE001 - a record half-written this instant; the next poll reads it
             history = []
-        attempts.append([row for row in history if "train/loss" in row])
+        attempts.append([row for row in history if "train/loss" in row and REPLAYED_KEY not in row])
     return attempts
 
 

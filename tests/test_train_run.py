@@ -20,6 +20,7 @@ from phi3v_ray import checkpoint as ckpt
 from phi3v_ray.train import saving
 from phi3v_ray.train.faults import PlantedFailure
 from phi3v_ray.train.launcher import build_trainer
+from phi3v_ray.train.logged_history import REPLAYED_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -87,10 +88,22 @@ def test_planted_failure_is_retried_from_the_last_checkpoint_and_finishes_with_t
     attempts = [read_complete_offline_run(path) for path in find_offline_runs(tmp / "wandb", "zero2")]
     assert len(attempts) == 2, "expected one W&B folder per attempt (failed + retried)"
     assert attempts[0].exit_code == 1 and attempts[1].exit_code == 0
-    first_steps = [row["trainer/step"] for row in attempts[0].history if "train/loss" in row]
-    retry_steps = [row["trainer/step"] for row in attempts[1].history if "train/loss" in row]
-    assert max(first_steps) == 6  # failed at the planted step
-    assert min(retry_steps) == 5  # resumed after the step-4 checkpoint, not from scratch
+    first = {row["trainer/step"]: row for row in attempts[0].history if "train/loss" in row}
+    trained = [row for row in attempts[1].history if "train/loss" in row and REPLAYED_KEY not in row]
+    assert max(first) == 6  # failed at the planted step
+    assert (
+        min(row["trainer/step"] for row in trained) == 5
+    )  # resumed after the step-4 checkpoint, not from scratch
+    # The retry first re-sent, from the checkpoint, every row logged up to it (in case the dead attempt's W&B
+    # writer never wrote them): the same values, marked as replayed, before any new step.
+    replayed = [row for row in attempts[1].history if REPLAYED_KEY in row]
+    assert [row["trainer/step"] for row in replayed] == [1, 2, 3, 4]
+    for row in replayed:
+        step = row["trainer/step"]
+        assert row["train/loss"] == pytest.approx(first[step]["train/loss"], rel=1e-9), step
+        assert row["train/lr"] == pytest.approx(first[step]["train/lr"], rel=1e-9), step
+    assert replayed[-1]["val/loss"] == pytest.approx(first[4]["val/loss"], rel=1e-9)
+    assert attempts[1].history.index(replayed[-1]) < attempts[1].history.index(trained[0])
     uninterrupted = zero3_run[1].metrics
     assert result.metrics["step"] == uninterrupted["step"] == STEPS
     # AdamW's own counter only reaches STEPS if the optimizer state came back with the checkpoint.
@@ -210,8 +223,14 @@ def test_a_checkpoint_whose_report_was_lost_is_resumed_from_and_a_broken_newer_o
 
     result = _fit(demo_config(tmp_path, *COMMON, "deepspeed.zero_stage=3", "run.name=zero3"))
     (attempt,) = [read_complete_offline_run(p) for p in find_offline_runs(tmp_path / "wandb", "zero3")]
-    steps = [row["trainer/step"] for row in attempt.history if "train/loss" in row]
+    steps = [
+        row["trainer/step"] for row in attempt.history if "train/loss" in row and REPLAYED_KEY not in row
+    ]
     assert steps == list(range(resume_step + 1, STEPS + 1)), "resumed from the whole checkpoint, not from 0"
+    # This W&B folder is new (as on a node that never saw the first run): the history up to the checkpoint came
+    # with the checkpoint, so the run still shows every step.
+    replayed = [row["trainer/step"] for row in attempt.history if REPLAYED_KEY in row]
+    assert replayed == list(range(1, resume_step + 1))
     assert result.metrics["step"] == result.metrics["adam_step"] == STEPS
     assert result.metrics["lr"] == pytest.approx(uninterrupted.metrics["lr"], abs=1e-12)
 

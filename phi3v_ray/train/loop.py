@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -31,11 +31,15 @@ from phi3v_ray.train.batches import iter_example_batches
 from phi3v_ray.train.deepspeed import build_deepspeed_config
 from phi3v_ray.train.device import select_device, synced, to_device
 from phi3v_ray.train.faults import PlantedFailure
+from phi3v_ray.train.logged_history import LoggedRow, read_history, write_history
 from phi3v_ray.train.preemption import preemption_notice, wait_for_teardown
 from phi3v_ray.train.resume import checkpoint_dir_name, choose_resume_checkpoint, write_part_record
 from phi3v_ray.train.schedule import planned_steps, scheduler_factory
 from phi3v_ray.train.trainable import apply_training_mode
 from phi3v_ray.train.validation import Validation, validate
+
+if TYPE_CHECKING:
+    from phi3v_ray.tracking import Tracker
 
 
 @dataclass
@@ -78,6 +82,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # 3. Resume: Ray gives the latest reported checkpoint after a worker failure or when the run name is reused.
     state = RunState()
+    logged_before: list[LoggedRow] = []  # W&B rows up to the checkpoint, sent again once tracking starts
     latest = choose_resume_checkpoint(
         ray.train.get_checkpoint(), rank
     )  # Ray's, or a newer one whose report was lost
@@ -86,6 +91,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state.step, state.epoch, state.epoch_step = saving.restore_engine(
                 engine, directory, lora=config.finetune.mode == "lora"
             )
+            logged_before = read_history(directory) if rank == 0 else []
         state.resumed = True
 
     # 4. Tracking on rank 0 only.
@@ -107,6 +113,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         group=location.group,
         directory=location.directory,
     )
+    tracker.replay(logged_before)  # what the lost attempt's W&B writer may not have written
 
     # 5. The loop.
     try:
@@ -159,7 +166,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 report = metrics | {"val_loss": validation.loss, "val_step": validation.step}
                 if should_save:
                     _save_and_report(
-                        engine, config, state, report, validation, rank, loop_config.get("trial")
+                        engine, config, state, report, validation, rank, loop_config.get("trial"), tracker
                     )
                     last_saved = state.step
                     if notice is not None and not is_last:  # the node goes: train nothing the restart redoes
@@ -186,6 +193,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 validation,
                 rank,
                 loop_config.get("trial"),
+                tracker,
             )
     except BaseException:
         tracker.finish(exit_code=1)  # flush what rank 0 logged before the failure, marked as failed
@@ -324,8 +332,11 @@ def _save_and_report(
     validation: Validation,
     rank: int,
     trial: str | None,
+    tracker: Tracker,
 ) -> None:
-    """Every rank writes its part into a local dir and reports it; Ray merges the parts into one checkpoint."""
+    """Every rank writes its part into a local dir and reports it; Ray merges the parts into one checkpoint.
+
+    Rank 0's part also carries the W&B rows logged so far (phi3v_ray.train.logged_history)."""
     import ray.train
 
     local = tempfile.mkdtemp(prefix=f"phi3v-ckpt-{state.step}-r{rank}-")
@@ -340,6 +351,8 @@ def _save_and_report(
             rank=rank,
             probe=validation.probe if validation.step == state.step else None,
         )
+        if tracker.active:
+            write_history(local, tracker.history)
         write_part_record(local, rank=rank, world=dist.get_world_size())  # last: proves this part is whole
         ray.train.report(
             metrics,
