@@ -87,7 +87,7 @@ def test_version_flag_prints_the_package_version(capsys) -> None:
 @pytest.mark.parametrize(
     ("command", "shown"),
     [
-        (["demo"], ["(default: 1800)", "(default: demo-output)", "(default: 600)"]),
+        (["demo"], ["(default: 3600)", "(default: demo-output)", "(default: 1200)", "(default: 2)"]),
         (["predict"], ["(default: 48)"]),
     ],
 )

@@ -159,6 +159,11 @@ def test_non_interactive_transcript_has_one_line_per_stage_and_no_ray_lines(demo
     assert str(log) in completed.stdout
     assert RAY_OWN_LINES.search(log.read_text(errors="replace"))
     assert "Traceback" not in completed.stderr
+    # Nor after the last line: Ray is shut down while its output still goes to the log (its parting warnings,
+    # such as the raylet's "PYTHON worker processes have been started", used to land on the terminal).
+    assert not [
+        line for line in completed.stderr.splitlines() if "(raylet)" in line or RAY_OWN_LINES.search(line)
+    ]
 
 
 def test_demo_leaves_every_artefact_it_announces(demo_run) -> None:

@@ -35,10 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from phi3v_ray.commands.arguments import positive_int
 
     parser.add_argument("--out", default="demo-output", help="directory where everything goes")
-    parser.add_argument("--rows", type=positive_int, default=1800, help="products in the sample catalog")
-    parser.add_argument("--trials", type=positive_int, default=4, help="sweep trials")
+    parser.add_argument("--rows", type=positive_int, default=3600, help="products in the sample catalog")
+    parser.add_argument(
+        "--trials", type=positive_int, default=2, help="sweep trials (ASHA stops the weaker ones early)"
+    )
     parser.add_argument("--concurrent", type=positive_int, default=2, help="trials running at once")
-    parser.add_argument("--steps", type=positive_int, default=600, help="optimizer steps per trial")
+    parser.add_argument("--steps", type=positive_int, default=1200, help="optimizer steps per trial")
     parser.add_argument(
         "--seed",
         type=int,
@@ -74,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
             f"phi3v-ray demo: everything goes to {plan.out_dir}; Ray, Tune and library output to {log_path}"
         )
         with demo_terminal(log_path) as terminal:
-            outcome = run_demo(plan, terminal)
+            try:
+                outcome = run_demo(plan, terminal)
+            finally:
+                _stop_ray()  # inside the redirect: Ray's parting warnings (raylet, workers) go to the log
     except KeyboardInterrupt:
         print(
             f"interrupted: finished stages are kept in {plan.out_dir}; run `{_same_command()}` again to resume "
@@ -86,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
         _remove_if_left_empty(plan.out_dir, existed)
         raise
     return 0 if outcome["learned"] else 1
+
+
+def _stop_ray() -> None:
+    """Shut down the demo's local Ray, so nothing of it prints after the terminal is handed back."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _same_command() -> str:

@@ -42,10 +42,10 @@ class DemoPlan:
       steps reached 0.36 in the probe, but the sweep would no longer fit the 10 minutes)."""
 
     out_dir: Path
-    rows: int = 1800
-    trials: int = 4
+    rows: int = 3600
+    trials: int = 2
     concurrent_trials: int = 2
-    max_steps: int = 600
+    max_steps: int = 1200
     warm_start_steps: int = 2000
     warm_start_examples: int = 3000
     eval_examples: int = 200
