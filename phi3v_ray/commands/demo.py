@@ -25,8 +25,8 @@ Runs the complete pipeline on this machine with no GPU and no downloads:
 
 The terminal shows one line per stage; Ray's, Tune's and the libraries' own output goes to <out>/logs/demo.log.
 Ctrl-C stops at any stage; re-running with the same arguments reuses finished stages. Exits 0 when the checkpoint
-chosen on validation beats the trivial predictor on held-out test category accuracy and title token F1 (the price
-median APE lift is printed beside them; the tiny model learns it too weakly to require it yet).
+chosen on validation beats the trivial predictor on held-out test category accuracy, title token F1 and price
+median APE (the median price error; lower is better).
 """
 
 
