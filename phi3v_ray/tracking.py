@@ -15,12 +15,16 @@ only once the exit record is on disk, so nothing reports a run as written before
 
 A run directory may be a bucket URI (a sweep on `run.storage_path: s3://...`): W&B then writes to a local staging
 folder and each run folder is mirrored to the bucket once its exit record is written (phi3v_ray.wandb_mirror).
+
+Over 400 lines because the Tracker, the rows it carries in checkpoints (phi3v_ray.train.logged_history writes and
+reads them) and the on-disk completeness checks share one writer's rules; split, each half would restate them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import struct
@@ -35,10 +39,27 @@ import numpy as np
 from phi3v_ray.config import WandbSection
 from phi3v_ray.errors import ConfigError
 from phi3v_ray.storage import is_uri, location
-from phi3v_ray.train.logged_history import REPLAYED_KEY, LoggedRow, scalar_metrics
 from phi3v_ray.wandb_mirror import local_run_directory, mirror_run_folder
 
 logger = logging.getLogger(__name__)
+
+REPLAYED_KEY = (
+    "trainer/replayed"  # 1 on a row a restart re-sent from its checkpoint (it trained nothing then)
+)
+
+LoggedRow = dict[str, Any]  # {"step": int, "metrics": {name: number or string}}
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The values of a W&B row that JSON holds as they are (numbers, strings, bools); media and tables dropped."""
+    kept: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+            value = value.item()  # numpy / torch scalars
+        if isinstance(value, bool | int | str) or (isinstance(value, float) and math.isfinite(value)):
+            kept[key] = value
+    return kept
+
 
 # Seconds between W&B's flushes of a run's `.wandb` file: short, so a killed process loses at most this much.
 FLUSH_INTERVAL_S = 0.2
