@@ -15,16 +15,12 @@ only once the exit record is on disk, so nothing reports a run as written before
 
 A run directory may be a bucket URI (a sweep on `run.storage_path: s3://...`): W&B then writes to a local staging
 folder and each run folder is mirrored to the bucket once its exit record is written (phi3v_ray.wandb_mirror).
-
-Over 400 lines because the Tracker, the rows it carries in checkpoints (phi3v_ray.train.logged_history writes and
-reads them) and the on-disk completeness checks share one writer's rules; split, each half would restate them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import struct
@@ -38,28 +34,11 @@ import numpy as np
 
 from phi3v_ray.config import WandbSection
 from phi3v_ray.errors import ConfigError
+from phi3v_ray.logged_history import REPLAYED_KEY, LoggedRow, scalar_metrics
 from phi3v_ray.storage import is_uri, location
 from phi3v_ray.wandb_mirror import local_run_directory, mirror_run_folder
 
 logger = logging.getLogger(__name__)
-
-REPLAYED_KEY = (
-    "trainer/replayed"  # 1 on a row a restart re-sent from its checkpoint (it trained nothing then)
-)
-
-LoggedRow = dict[str, Any]  # {"step": int, "metrics": {name: number or string}}
-
-
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The values of a W&B row that JSON holds as they are (numbers, strings, bools); media and tables dropped."""
-    kept: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
-            value = value.item()  # numpy / torch scalars
-        if isinstance(value, bool | int | str) or (isinstance(value, float) and math.isfinite(value)):
-            kept[key] = value
-    return kept
-
 
 # Seconds between W&B's flushes of a run's `.wandb` file: short, so a killed process loses at most this much.
 FLUSH_INTERVAL_S = 0.2
@@ -193,9 +172,7 @@ class Tracker:
     run: Any = None
     pending_step: int | None = None
     pending: dict[str, Any] = field(default_factory=dict)
-    history: list[LoggedRow] = field(
-        default_factory=list
-    )  # every committed row's scalars, for the checkpoint
+    history: list[LoggedRow] = field(default_factory=list)  # committed rows' scalars, for each checkpoint
 
     @property
     def active(self) -> bool:
@@ -218,23 +195,20 @@ class Tracker:
             self.history.append({"step": self.pending_step, "metrics": scalar_metrics(self.pending)})
         self.pending_step, self.pending = None, {}
 
-    def replay(self, rows: list[LoggedRow]) -> int:
-        """Re-send the rows a resumed checkpoint carries (phi3v_ray.train.logged_history); returns how many went.
+    def replay(self, rows: list[LoggedRow]) -> None:
+        """Re-send the rows a resumed checkpoint carries (phi3v_ray.logged_history), before the first new step.
 
-        Call before the first new step. An online run resumed from the server already holds the steps below its
-        `step` counter (W&B would refuse them with a warning each), so only the rest are sent; an offline attempt
-        is a new folder (counter 0) and gets them all, merged by step with the attempt that died.
+        An online run resumed from the server already holds the steps below its `step` counter (W&B would refuse
+        them with a warning each), so only the rest are sent; an offline attempt is a new folder (counter 0) and
+        gets them all, merged by step with the attempt that died.
         """
         if self.run is None:
-            return 0
-        self.history = [dict(row) for row in rows]
+            return
+        self.history = list(rows)
         first_missing = int(getattr(self.run, "step", 0) or 0)
-        sent = 0
         for row in rows:
-            if int(row["step"]) >= first_missing:
-                self.run.log(row["metrics"] | {REPLAYED_KEY: 1}, step=int(row["step"]), commit=True)
-                sent += 1
-        return sent
+            if row["step"] >= first_missing:
+                self.run.log(row["metrics"] | {REPLAYED_KEY: 1}, step=row["step"], commit=True)
 
     def log_predictions(self, rows: Sequence[dict[str, Any]], step: int) -> None:
         """A validation table: product image, generated answer, true answer (rows from the loop's sampler)."""

@@ -230,7 +230,8 @@ SWEEP_LRS = (3.0e-3, 1.0e-3)
 def _sweep_train_rows(wandb_dir: Path) -> dict[str, list[list[dict]]]:
     """run id -> each attempt's own training rows so far (files still being written are read as far as they go;
     rows a restart re-sent from its checkpoint are left out)."""
-    from phi3v_ray.tracking import REPLAYED_KEY, find_offline_runs
+    from phi3v_ray.logged_history import REPLAYED_KEY
+    from phi3v_ray.tracking import find_offline_runs
 
     from support.wandb_files import read_offline_run
 

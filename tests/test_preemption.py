@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from phi3v_ray.tracking import REPLAYED_KEY, find_offline_runs
+from phi3v_ray.logged_history import REPLAYED_KEY
+from phi3v_ray.tracking import find_offline_runs
 
 from support.ray_cluster import TwoNodeCluster, multi_node_cluster, wait_for_node_state
 from support.schedule_reference import undisturbed_lrs

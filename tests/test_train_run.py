@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from test_train_support import demo_config, tiny_datasets
 
 from phi3v_ray import checkpoint as ckpt
-from phi3v_ray.tracking import REPLAYED_KEY
+from phi3v_ray.logged_history import REPLAYED_KEY
 from phi3v_ray.train import saving
 from phi3v_ray.train.faults import PlantedFailure
 from phi3v_ray.train.launcher import build_trainer

@@ -136,9 +136,7 @@ def _texture(size: tuple[int, int], spec: ImageSpec, rng: np.random.Generator) -
         pixels = pixels + 70 * np.exp(-(((ramp - 0.35) / 0.08) ** 2))[..., None]
     elif spec.material == "Silk":  # soft vertical gloss
         pixels = pixels + 45 * np.sin(np.arange(width) / max(1, width) * 3 * math.pi)[None, :, None] ** 2
-    elif (
-        spec.material == "Wool"
-    ):  # knitted ribs (about one vision patch apart at the tiny model's size) and grain
+    elif spec.material == "Wool":  # knitted ribs, about one vision patch apart at the model's size, and grain
         ribs = np.sin(np.arange(width) / max(1, width) * 7 * 2 * math.pi)[None, :, None]
         pixels = pixels + 38 * ribs + rng.normal(0, 12, size=(height, width, 1))
     elif spec.material == "Cashmere":  # a brushed glow from the middle outwards, and fine grain

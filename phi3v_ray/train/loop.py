@@ -26,12 +26,12 @@ import torch
 import torch.distributed as dist
 
 from phi3v_ray.config import ExperimentConfig
+from phi3v_ray.logged_history import LoggedRow, read_history, write_history
 from phi3v_ray.train import saving
 from phi3v_ray.train.batches import iter_example_batches
 from phi3v_ray.train.deepspeed import build_deepspeed_config
 from phi3v_ray.train.device import select_device, synced, to_device
 from phi3v_ray.train.faults import PlantedFailure
-from phi3v_ray.train.logged_history import LoggedRow, read_history, write_history
 from phi3v_ray.train.preemption import preemption_notice, wait_for_teardown
 from phi3v_ray.train.resume import checkpoint_dir_name, choose_resume_checkpoint, write_part_record
 from phi3v_ray.train.schedule import planned_steps, scheduler_factory
@@ -336,7 +336,7 @@ def _save_and_report(
 ) -> None:
     """Every rank writes its part into a local dir and reports it; Ray merges the parts into one checkpoint.
 
-    Rank 0's part also carries the W&B rows logged so far (phi3v_ray.train.logged_history)."""
+    Rank 0's part also carries the W&B rows logged so far (phi3v_ray.logged_history)."""
     import ray.train
 
     local = tempfile.mkdtemp(prefix=f"phi3v-ckpt-{state.step}-r{rank}-")

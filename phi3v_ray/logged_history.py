@@ -15,13 +15,30 @@ The file sits in the checkpoint's engine/ folder, the resume state that evaluati
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 from phi3v_ray.checkpoint import ENGINE_DIR
-from phi3v_ray.tracking import LoggedRow
 
 HISTORY_FILE = "wandb_history.json"
+REPLAYED_KEY = (
+    "trainer/replayed"  # 1 on a row a restart re-sent from its checkpoint (it trained nothing then)
+)
+
+LoggedRow = dict[str, Any]  # {"step": int, "metrics": {name: number or string}}
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The values of a W&B row that JSON holds as they are (numbers, strings, bools); media and tables dropped."""
+    kept: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+            value = value.item()  # numpy / torch scalars
+        if isinstance(value, bool | int | str) or (isinstance(value, float) and math.isfinite(value)):
+            kept[key] = value
+    return kept
 
 
 def write_history(checkpoint_dir: str | os.PathLike[str], rows: list[LoggedRow]) -> Path:
@@ -33,9 +50,7 @@ def write_history(checkpoint_dir: str | os.PathLike[str], rows: list[LoggedRow])
 
 
 def read_history(checkpoint_dir: str | os.PathLike[str]) -> list[LoggedRow]:
-    """The rows a checkpoint carries, in step order; none for a checkpoint written before rows were carried."""
+    """The rows a checkpoint carries, in step order (the order they were committed); none for a checkpoint written
+    before rows were carried."""
     path = Path(checkpoint_dir) / ENGINE_DIR / HISTORY_FILE
-    if not path.is_file():
-        return []
-    rows = json.loads(path.read_text())
-    return sorted(rows, key=lambda row: int(row["step"]))
+    return json.loads(path.read_text()) if path.is_file() else []
